@@ -1,0 +1,40 @@
+"""Sessions: tests (default CI run), lint, demo, notebooks, reference (slow tier)."""
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "venv"
+
+
+@nox.session
+def tests(session):
+    """Default test run (< 15 min on 2 cores): every tier but the slow reference suite."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-n", "2", "--durations=15", *session.posargs)
+
+
+@nox.session
+def lint(session):
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "ppl_posteriors", "tests", "bench", "noxfile.py")
+
+
+@nox.session
+def demo(session):
+    """The main job on real data, quick settings."""
+    session.install("-e", ".")
+    session.run("ppl-posteriors", "demo", "--quick", "--out", "demo_out")
+
+
+@nox.session
+def notebooks(session):
+    """Execute every notebook in notebooks/ and save its outputs."""
+    session.install("-e", ".[dev]")
+    session.run("python", "docs/run_notebooks.py", *session.posargs)
+
+
+@nox.session
+def reference(session):
+    """Slow tier: NUTS with defaults on all posteriordb posteriors vs the references."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-m", "slow", "-s", "tests/test_reference_suite.py", *session.posargs)

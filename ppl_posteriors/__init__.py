@@ -1,0 +1,40 @@
+"""ppl_posteriors: Bayesian inference for NumPyro models, returning ArviZ InferenceData.
+
+>>> import ppl_posteriors as pp
+>>> idata = pp.infer(model, x, y=y, method="nuts", rng_key=jax.random.key(0))
+"""
+
+from ._errors import ConfigError, ModelError, NumericalError, NumericalWarning, Status
+from .api import infer, log_density
+from .density import LogDensity, ModelSplit
+from .laplace import Laplace
+from .mcmc import NUTS
+from .model import Site, SiteKind, model
+from .registry import MethodConfig, methods, register_method
+from .results import RawPosterior, sample_approximation
+from .vi import MeanFieldVI
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NUTS",
+    "ConfigError",
+    "Laplace",
+    "LogDensity",
+    "MeanFieldVI",
+    "MethodConfig",
+    "ModelError",
+    "ModelSplit",
+    "NumericalError",
+    "NumericalWarning",
+    "RawPosterior",
+    "Site",
+    "SiteKind",
+    "Status",
+    "infer",
+    "log_density",
+    "methods",
+    "model",
+    "register_method",
+    "sample_approximation",
+]

@@ -1,0 +1,89 @@
+"""The front door: ``infer`` and ``log_density``."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+from ._errors import ConfigError, NumericalError, NumericalWarning, Status
+from ._progress import as_key
+from .density import build_log_density
+from .density.log_density import log_density
+from .registry import resolve_method
+from .results.arviz import to_inference_data
+
+__all__ = ["infer", "log_density"]
+
+
+def infer(model, *args, method, rng_key=None, progress: bool = True, **kwargs):
+    """Approximate the posterior of a NumPyro model with any registered method.
+
+    Parameters
+    ----------
+    model : callable
+        A NumPyro model function (``@pp.model`` optional).
+    *args, **kwargs
+        The model's own arguments, exactly as for ``numpyro.infer.MCMC.run``.
+        The keywords ``method``, ``rng_key`` and ``progress`` belong to ``infer``
+        and are never passed to the model.
+    method : str or MethodConfig
+        A registered name (``pp.methods()`` lists them: ``"nuts"``, ``"laplace"``,
+        ``"meanfield_vi"``, ...) meaning that method with default options, or a
+        typed config such as ``pp.NUTS(num_chains=4)``.
+    rng_key : jax key, int or None
+        Random key; None means ``jax.random.key(0)`` (reproducible by default).
+    progress : bool, default True
+        Show progress bars (also off when the environment variable
+        ``PPL_POSTERIORS_PROGRESS=0``).
+
+    Returns
+    -------
+    arviz.InferenceData
+        Groups ``posterior`` (chain, draw, *site shape) on the constrained space,
+        ``sample_stats``, ``log_likelihood``, ``observed_data``, and for Laplace and
+        VI ``approximation``; ``attrs`` record the method, config, versions, timings
+        and status.
+
+    Raises
+    ------
+    ModelError
+        Structural problems of the model, naming the site and the fix.
+    ConfigError
+        Unknown method or option (with the closest valid names).
+    NumericalError
+        A numerical failure that makes the result wrong, when the method's
+        ``throw=True`` (the default); ``err.idata`` holds the result. Diagnostics
+        that leave a usable result (divergences, poor mixing, slow VI convergence)
+        are ``NumericalWarning`` warnings instead.
+    """
+    config = resolve_method(method)
+    key = _key(rng_key)
+    jacobian = getattr(config, "jacobian", True)
+    t0 = time.perf_counter()
+    ld = build_log_density(model, args, kwargs, jacobian=jacobian)
+    raw = config.run(key, ld, progress=progress)
+    wall = time.perf_counter() - t0
+    idata = to_inference_data(
+        raw, ld, model=model, method=config.method_name, config=config.to_dict(), wall_time=wall
+    )
+    _report(raw, idata, config)
+    return idata
+
+
+def _key(rng_key):
+    try:
+        return as_key(rng_key)
+    except Exception as e:
+        raise ConfigError(
+            f"rng_key must be a jax.random.key(...), a jax.random.PRNGKey(...) or an int seed; "
+            f"got {rng_key!r}"
+        ) from e
+
+
+def _report(raw, idata, config) -> None:
+    if raw.status is Status.SUCCESS:
+        return
+    text = f"{config.method_name}: {raw.status.value}: " + " | ".join(raw.info.get("messages", []))
+    if raw.status.is_failure and getattr(config, "throw", True):
+        raise NumericalError(text, raw.status, idata)
+    warnings.warn(text, NumericalWarning, stacklevel=3)

@@ -1,0 +1,271 @@
+"""The log density of a NumPyro model on the unconstrained space, as pure JAX functions.
+
+For latent sites θ = T(z) with T the bijection onto each site's support,
+
+    logdensity_fn(z) = Σ_latent log p(θ_s | ·) + Σ_factor f + Σ_observed log p(y_s | ·)
+                       + [jacobian] Σ_latent log |det ∂T(z_s)/∂z_s|,
+
+each term multiplied by the site's ``numpyro.handlers.scale``. This is the same
+target as NumPyro's ``potential_energy`` (negated) and Stan's ``log_prob`` with
+``jacobian=True``; with ``jacobian=False`` it is the log density of θ evaluated
+at T(z), whose maximiser is the mode in the constrained space.
+
+Positions are dicts ``{latent site: array of its unconstrained shape}``, so they
+plug straight into BlackJAX and optax; :meth:`LogDensity.ravel` and
+:meth:`LogDensity.unravel` give the flat-vector view (sites in sorted order, as
+``jax.flatten_util.ravel_pytree`` orders a dict).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.distributions import Distribution, Independent
+
+from ..model.sites import Site, SiteKind
+from ..model.trace import from_constrained, from_unconstrained, replay, trace_model
+
+__all__ = ["LogDensity", "ModelSplit", "build_log_density", "log_density"]
+
+Position = dict[str, jax.Array]
+
+
+class ModelSplit(NamedTuple):
+    """The log density split into prior and likelihood, for GGN and Fisher curvature.
+
+    ``logdensity_fn(z) == log_prior(z) + Σ_s scale_s · Σ observed_dists(z)[s].log_prob(observed[s])``
+
+    Attributes
+    ----------
+    observed_dists : callable
+        position -> ``{observed site: NumPyro Distribution}``; distributions are
+        pytrees, so ``jax.linearize`` of this map gives the Jacobian J of the
+        likelihood's parameters in z.
+    log_prior : callable
+        position -> scalar: latent sites' log densities, factor sites and the
+        log-Jacobian (if ``jacobian=True``).
+    observed : dict
+        ``{observed site: data array}``.
+    scales : dict
+        ``{observed site: scale or None}`` from ``numpyro.handlers.scale``.
+    """
+
+    observed_dists: Callable[[Position], dict[str, Distribution]]
+    log_prior: Callable[[Position], jax.Array]
+    observed: dict[str, jax.Array]
+    scales: dict[str, Any]
+
+    def log_likelihood(self, position: Position) -> jax.Array:
+        """Σ over observed sites of scale · log p(y | z): a scalar."""
+        dists = self.observed_dists(position)
+        total = 0.0
+        for name, d in dists.items():
+            lp = jnp.sum(d.log_prob(self.observed[name]))
+            scale = self.scales[name]
+            total = total + (lp if scale is None else scale * lp)
+        return total
+
+
+class LogDensity(NamedTuple):
+    """Pure functions of the unconstrained position derived once from a model's trace.
+
+    Attributes
+    ----------
+    logdensity_fn : callable
+        position -> scalar log density (see module docstring), differentiable.
+    init_position : dict
+        The unconstrained origin: zeros of each latent site's unconstrained shape.
+    constrain : callable
+        position -> ``{latent and deterministic site: constrained value}``.
+    unconstrain : callable
+        ``{latent site: constrained value}`` -> position.
+    pointwise_loglik : callable
+        position -> ``{observed site: log p(y_i | z)}``, one value per datum: the
+        site's ``Independent`` wrappers are removed, so a ``Normal(...).to_event(1)``
+        site of shape (N,) gives N values.
+    split : ModelSplit
+        Prior / likelihood split (for GGN and Fisher curvature).
+    sites : tuple of Site
+        Every site of the model, in program order.
+    layout : tuple of (str, tuple)
+        ``(site, unconstrained shape)`` in the order of the flat vector.
+    jacobian : bool
+        Whether ``logdensity_fn`` includes the log-Jacobian of the transforms.
+    """
+
+    logdensity_fn: Callable[[Position], jax.Array]
+    init_position: Position
+    constrain: Callable[[Position], dict[str, jax.Array]]
+    unconstrain: Callable[[dict[str, jax.Array]], Position]
+    pointwise_loglik: Callable[[Position], dict[str, jax.Array]]
+    split: ModelSplit
+    sites: tuple[Site, ...]
+    layout: tuple[tuple[str, tuple[int, ...]], ...]
+    jacobian: bool
+
+    @property
+    def dim(self) -> int:
+        """Dimension D of the unconstrained space."""
+        return sum(math.prod(shape) for _, shape in self.layout)
+
+    def ravel(self, position: Position) -> jax.Array:
+        """Position (leaves with any leading batch axes) -> array (..., D)."""
+        parts = []
+        for name, shape in self.layout:
+            leaf = jnp.asarray(position[name])
+            batch = leaf.shape[: leaf.ndim - len(shape)]
+            parts.append(leaf.reshape(batch + (-1,)))
+        return jnp.concatenate(parts, axis=-1)
+
+    def unravel(self, x: jax.Array) -> Position:
+        """Array (..., D) -> position with the same leading axes."""
+        x = jnp.asarray(x)
+        batch, out, i = x.shape[:-1], {}, 0
+        for name, shape in self.layout:
+            n = math.prod(shape)
+            out[name] = x[..., i : i + n].reshape(batch + shape)
+            i += n
+        return out
+
+    def flat_logdensity_fn(self, x: jax.Array) -> jax.Array:
+        """``logdensity_fn`` on the flat vector: (D,) -> scalar."""
+        return self.logdensity_fn(self.unravel(x))
+
+    def param_names(self) -> list[str]:
+        """Labels of the flat vector's entries: ``"mu"``, ``"theta[3]"``, ``"L[1,0]"``."""
+        names = []
+        for name, shape in self.layout:
+            if shape == ():
+                names.append(name)
+            else:
+                for idx in np.ndindex(*shape):
+                    names.append(f"{name}[{','.join(map(str, idx))}]")
+        return names
+
+    def site(self, name: str) -> Site:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def _elementwise(fn: Distribution, value) -> jax.Array:
+    while isinstance(fn, Independent):
+        fn = fn.base_dist
+    return fn.log_prob(value)
+
+
+def _scaled(lp, scale):
+    return lp if scale is None else scale * lp
+
+
+def build_log_density(model, args: tuple = (), kwargs: dict | None = None, *, jacobian: bool = True) -> LogDensity:
+    """Trace ``model(*args, **kwargs)`` once and build its :class:`LogDensity`.
+
+    Raises
+    ------
+    ModelError, ConfigError
+        See :func:`ppl_posteriors.model.trace.trace_model`.
+    """
+    kwargs = dict(kwargs or {})
+    tr = trace_model(model, args, kwargs)
+    latent = [s for s in tr.sites if s.kind is SiteKind.LATENT]
+    layout = tuple(sorted((s.name, s.unconstrained_shape) for s in latent))
+    observed_names = [s.name for s in tr.sites if s.kind is SiteKind.OBSERVED]
+
+    def run(position):
+        return replay(model, args, kwargs, from_unconstrained(position))
+
+    def logdensity_fn(position):
+        total = 0.0
+        for rec in run(position).values():
+            if rec.kind is SiteKind.DETERMINISTIC:
+                continue
+            total = total + _scaled(jnp.sum(rec.fn.log_prob(rec.value)), rec.scale)
+            if jacobian and rec.kind is SiteKind.LATENT:
+                total = total + _scaled(rec.log_det, rec.scale)
+        return total
+
+    def log_prior(position):
+        total = 0.0
+        for rec in run(position).values():
+            if rec.kind in (SiteKind.LATENT, SiteKind.FACTOR):
+                total = total + _scaled(jnp.sum(rec.fn.log_prob(rec.value)), rec.scale)
+            if jacobian and rec.kind is SiteKind.LATENT:
+                total = total + _scaled(rec.log_det, rec.scale)
+        return total
+
+    def observed_dists(position):
+        recs = run(position)
+        return {name: recs[name].fn for name in observed_names}
+
+    def constrain(position):
+        return {
+            name: rec.value
+            for name, rec in run(position).items()
+            if rec.kind in (SiteKind.LATENT, SiteKind.DETERMINISTIC)
+        }
+
+    def unconstrain(values):
+        out: dict[str, Any] = {}
+        replay(model, args, kwargs, from_constrained(values, out))
+        return out
+
+    def pointwise_loglik(position):
+        recs = run(position)
+        return {n: _scaled(_elementwise(recs[n].fn, recs[n].value), recs[n].scale) for n in observed_names}
+
+    init_recs = run(tr.init_position)
+    split = ModelSplit(
+        observed_dists=observed_dists,
+        log_prior=log_prior,
+        observed={n: jnp.asarray(tr.observed[n]) for n in observed_names},
+        scales={n: init_recs[n].scale for n in observed_names},
+    )
+    return LogDensity(
+        logdensity_fn=logdensity_fn,
+        init_position=tr.init_position,
+        constrain=constrain,
+        unconstrain=unconstrain,
+        pointwise_loglik=pointwise_loglik,
+        split=split,
+        sites=tr.sites,
+        layout=layout,
+        jacobian=jacobian,
+    )
+
+
+def log_density(model, *args, jacobian: bool = True, **kwargs) -> LogDensity:
+    """The :class:`LogDensity` of ``model(*args, **kwargs)``, ready for BlackJAX or optax.
+
+    Parameters
+    ----------
+    model : callable
+        A NumPyro model (decorated with ``@pp.model`` or not).
+    *args, **kwargs
+        The model's own arguments, as for ``numpyro.infer.MCMC.run``.
+    jacobian : bool, default True
+        Include log |det ∂θ/∂z| of the transforms to the unconstrained space
+        (reserved keyword: a model argument called ``jacobian`` cannot be passed here).
+
+    Returns
+    -------
+    LogDensity
+
+    Raises
+    ------
+    ModelError
+        Structural problems of the model (discrete latent sites, NaN in observed
+        data, unsupported supports, a model that raises), naming the site.
+
+    Examples
+    --------
+    >>> ld = pp.log_density(model, x, y=y)
+    >>> nuts = blackjax.nuts(ld.logdensity_fn, step_size=0.1, inverse_mass_matrix=jnp.ones(ld.dim))
+    """
+    return build_log_density(model, args, kwargs, jacobian=jacobian)

@@ -1,0 +1,283 @@
+"""Run a NumPyro model under effect handlers: the only module that reads NumPyro messages.
+
+Two entry points:
+
+* :func:`trace_model` runs the model once, checks it and returns typed
+  :class:`~ppl_posteriors.model.sites.Site` records (structural errors raise
+  :class:`~ppl_posteriors.ModelError` here, naming the site and the fix);
+* :func:`replay` runs the model with every latent site substituted, either from
+  an unconstrained position (the transform to the support, and its log-Jacobian,
+  are taken at run time from the site's own distribution, so supports that
+  depend on other parameters are handled) or from constrained values. It returns
+  one :class:`SiteRecord` per site; :mod:`ppl_posteriors.density` builds every
+  pure function of the position on top of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro import handlers
+from numpyro.distributions import Distribution
+from numpyro.distributions.distribution import Unit
+from numpyro.distributions.transforms import biject_to
+from numpyro.distributions.util import sum_rightmost
+
+from .._errors import ConfigError, ModelError
+from .decorator import model_meta
+from .sites import Site, SiteKind
+
+__all__ = [
+    "ModelTrace",
+    "SiteRecord",
+    "from_constrained",
+    "from_unconstrained",
+    "replay",
+    "trace_model",
+]
+
+
+class SiteRecord(NamedTuple):
+    """One site of one run of the model.
+
+    ``value`` is constrained; ``fn`` is the site's distribution (None for a
+    deterministic site); ``scale`` is the log-density scale set by
+    ``numpyro.handlers.scale`` (None if unscaled); ``log_det`` is the scalar
+    log |det d value / d z| of a latent site's transform (0 otherwise).
+    """
+
+    kind: SiteKind
+    value: Any
+    fn: Distribution | None
+    scale: Any
+    log_det: Any
+
+
+class ModelTrace(NamedTuple):
+    """What :func:`trace_model` learns from one run of the model.
+
+    ``sites``: every site in program order. ``init_position``: the unconstrained
+    origin, ``{latent site: zeros(unconstrained_shape)}``. ``observed``: the
+    observed data as numpy arrays.
+    """
+
+    sites: tuple[Site, ...]
+    init_position: dict[str, jax.Array]
+    observed: dict[str, np.ndarray]
+
+
+# A latent handler receives (site name, distribution) and returns
+# (constrained value, log-det-Jacobian), or raises.
+LatentHandler = Callable[[str, Distribution], tuple[Any, Any]]
+
+
+def _transform(name: str, fn: Distribution):
+    """The bijection from the unconstrained space onto the support of latent site ``name``."""
+    support = fn.support
+    if getattr(support, "is_discrete", False):
+        raise ModelError(
+            f"latent site {name!r} has the discrete distribution {type(fn).__name__} "
+            f"(support {support}); discrete latent sites need enumeration, which is not "
+            "supported yet. Marginalise it out by hand (e.g. a mixture with "
+            "dist.MixtureSameFamily or a numpyro.factor with logsumexp), or observe it."
+        )
+    try:
+        return biject_to(support)
+    except NotImplementedError as e:
+        raise ModelError(
+            f"latent site {name!r}: no transform to the unconstrained space is known for "
+            f"its support {support} ({type(fn).__name__}). Use a distribution with a "
+            "standard support (real, positive, interval, simplex, ordered, ...) or "
+            "reparameterise the site as a deterministic function of such a site."
+        ) from e
+
+
+def _log_det(t, z, x, fn: Distribution):
+    """Scalar log |det J| of ``t`` at ``z`` for a site with distribution ``fn``."""
+    ld = t.log_abs_det_jacobian(z, x)
+    ld = sum_rightmost(ld, jnp.ndim(ld) - jnp.ndim(x) + len(fn.event_shape))
+    return jnp.sum(ld)
+
+
+def from_unconstrained(position: dict[str, Any]) -> LatentHandler:
+    """Latent handler that maps ``position[name]`` through the site's support transform."""
+
+    def handle(name, fn):
+        t = _transform(name, fn)
+        z = position[name]
+        x = t(z)
+        return x, _log_det(t, z, x, fn)
+
+    return handle
+
+
+def from_constrained(values: dict[str, Any], out: dict[str, Any]) -> LatentHandler:
+    """Latent handler that keeps ``values[name]`` and writes its preimage into ``out[name]``."""
+
+    def handle(name, fn):
+        t = _transform(name, fn)
+        x = values[name]
+        out[name] = t.inv(x)
+        return x, 0.0
+
+    return handle
+
+
+def _substitute_fn(handler: LatentHandler, log_dets: dict):
+    def sub(msg):
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return None
+        value, log_det = handler(msg["name"], msg["fn"])
+        log_dets[msg["name"]] = log_det
+        return value
+
+    return sub
+
+
+def _run(model, args, kwargs, handler: LatentHandler):
+    log_dets: dict[str, Any] = {}
+    seeded = handlers.seed(model, rng_seed=0)
+    substituted = handlers.substitute(seeded, substitute_fn=_substitute_fn(handler, log_dets))
+    tr = handlers.trace(substituted).get_trace(*args, **kwargs)
+    return tr, log_dets
+
+
+def _kind(msg) -> SiteKind | None:
+    if msg["type"] == "deterministic":
+        return SiteKind.DETERMINISTIC
+    if msg["type"] != "sample":
+        return None
+    if not msg["is_observed"]:
+        return SiteKind.LATENT
+    fn = msg["fn"]
+    while hasattr(fn, "base_dist") and not isinstance(fn, Unit):
+        fn = fn.base_dist
+    return SiteKind.FACTOR if isinstance(fn, Unit) else SiteKind.OBSERVED
+
+
+def replay(model, args, kwargs, handler: LatentHandler) -> dict[str, SiteRecord]:
+    """Run the model with every latent site's value given by ``handler``.
+
+    Pure in the values the handler returns, so it traces under ``jit``, ``grad``
+    and ``vmap``. Returns ``{site name: SiteRecord}`` in program order.
+    """
+    tr, log_dets = _run(model, args, kwargs, handler)
+    out = {}
+    for name, msg in tr.items():
+        kind = _kind(msg)
+        if kind is None:
+            continue
+        fn = None if kind is SiteKind.DETERMINISTIC else msg["fn"]
+        scale = msg.get("scale")
+        out[name] = SiteRecord(kind, msg["value"], fn, scale, log_dets.get(name, 0.0))
+    return out
+
+
+def _dims(name, shape, event_dim, frames, override) -> tuple[str, ...]:
+    dims = [f"{name}_dim_{i}" for i in range(len(shape))]
+    batch_ndim = len(shape) - event_dim
+    for f in frames:
+        ax = batch_ndim + f.dim
+        if 0 <= ax < batch_ndim:
+            dims[ax] = f.name
+    if name in override:
+        want = override[name]
+        if len(want) != len(shape):
+            raise ConfigError(
+                f"@pp.model(dims={{{name!r}: {want}}}) names {len(want)} dimension(s) but "
+                f"site {name!r} has shape {tuple(shape)} ({len(shape)} axes); give one name per axis."
+            )
+        dims = list(want)
+    return tuple(dims)
+
+
+def _zeros(name, fn):
+    t = _transform(name, fn)
+    z = jnp.zeros(t.inverse_shape(fn.shape()), dtype=jnp.result_type(float))
+    x = t(z)
+    return x, _log_det(t, z, x, fn)
+
+
+def trace_model(model, args: tuple, kwargs: dict) -> ModelTrace:
+    """Run ``model(*args, **kwargs)`` once and return its typed sites.
+
+    Latent sites are set to the image of the unconstrained origin (zeros), so no
+    site is sampled and improper priors (``dist.ImproperUniform``) work.
+
+    Raises
+    ------
+    ModelError
+        A discrete latent site; a latent site whose support has no bijection; NaN
+        or inf in observed data; a ``numpyro.param`` site; a subsampled plate; a
+        model that raises (the original exception is chained).
+    ConfigError
+        ``@pp.model(dims=...)`` that does not fit a site's shape.
+    """
+    if not callable(model):
+        raise ModelError(f"the model must be a callable NumPyro model function, got {type(model).__name__}")
+    name = getattr(model, "__name__", repr(model))
+    try:
+        tr, _ = _run(model, args, kwargs, _zeros)
+    except (ModelError, ConfigError):
+        raise
+    except Exception as e:
+        raise ModelError(
+            f"the model {name!r} raised {type(e).__name__} while it was traced with the "
+            f"given arguments: {e}. Check that the arguments match the model's signature "
+            "(infer() passes *args and **kwargs to the model unchanged) and that the model "
+            "runs on its own, e.g. with numpyro.handlers.seed(model, 0)(*args, **kwargs)."
+        ) from e
+
+    meta = model_meta(model)
+    sites, init, observed = [], {}, {}
+    for site_name, msg in tr.items():
+        if msg["type"] == "param":
+            raise ModelError(
+                f"site {site_name!r} is a numpyro.param; a Bayesian model has no free "
+                "parameters. Give it a prior with numpyro.sample, or pass it as data."
+            )
+        if msg["type"] == "plate":
+            size, subsample_size = msg["args"][:2]
+            if subsample_size is not None and subsample_size != size:
+                raise ModelError(
+                    f"plate {site_name!r} subsamples {subsample_size} of {size} items; "
+                    "data subsampling is not supported by these methods yet. Remove "
+                    "subsample_size so that every datum is used."
+                )
+            continue
+        kind = _kind(msg)
+        if kind is None:
+            continue
+        value = msg["value"]
+        shape = tuple(jnp.shape(value))
+        frames = sorted(msg.get("cond_indep_stack", []), key=lambda f: f.dim)
+        plates = tuple(f.name for f in frames)
+        fn = msg.get("fn")
+        event_dim = len(fn.event_shape) if kind in (SiteKind.LATENT, SiteKind.OBSERVED) else 0
+        dims = _dims(site_name, shape, event_dim, frames, meta.dims)
+        support, ushape = None, ()
+        if kind is SiteKind.LATENT:
+            support = fn.support
+            ushape = tuple(_transform(site_name, fn).inverse_shape(fn.shape()))
+            init[site_name] = jnp.zeros(ushape, dtype=jnp.result_type(float))
+        elif kind is SiteKind.OBSERVED:
+            arr = np.asarray(value)
+            if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+                bad = int(np.size(arr) - np.isfinite(arr).sum())
+                raise ModelError(
+                    f"observed site {site_name!r} has {bad} NaN or inf value(s) in its data. "
+                    "Drop those rows, impute them as latent sites, or mask them with "
+                    "numpyro.handlers.mask(mask=...) and finite placeholder values."
+                )
+            observed[site_name] = arr
+        sites.append(Site(site_name, kind, shape, event_dim, support, plates, dims, ushape))
+    if not any(s.kind is SiteKind.LATENT for s in sites):
+        raise ModelError(
+            f"the model {name!r} has no latent sample site, so there is no posterior to "
+            "approximate. Did you pass the observed data as a latent (obs=None)?"
+        )
+    return ModelTrace(tuple(sites), init, observed)

@@ -1,0 +1,134 @@
+"""Method registry and the base class of typed method configs.
+
+A method is a frozen dataclass subclassing :class:`MethodConfig` whose ``run``
+turns a :class:`~ppl_posteriors.density.LogDensity` into a
+:class:`~ppl_posteriors.results.RawPosterior`. ``register_method`` gives it a
+name for ``pp.infer(..., method="name")``; ``pp.methods()`` lists the names.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import json
+from typing import Any, ClassVar, NamedTuple
+
+from ._errors import ConfigError, closest
+
+__all__ = ["MethodConfig", "MethodSpec", "methods", "register_method", "resolve_method"]
+
+
+class _ConfigMeta(abc.ABCMeta):
+    """Turns unknown keyword options into a ConfigError with the closest valid names."""
+
+    def __call__(cls, *args, **kwargs):
+        if dataclasses.is_dataclass(cls):
+            valid = [f.name for f in dataclasses.fields(cls)]
+            for key in kwargs:
+                if key not in valid:
+                    raise ConfigError(f"{cls.__name__} has no option {key!r}; {closest(key, valid)}")
+            if len(args) > 0:
+                raise ConfigError(
+                    f"{cls.__name__} takes keyword options only, e.g. {cls.__name__}({valid[0]}=...)"
+                )
+        return super().__call__(*args, **kwargs)
+
+
+class MethodConfig(metaclass=_ConfigMeta):
+    """Base class of method configs (frozen dataclasses).
+
+    Subclasses implement ``run(rng_key, log_density, *, progress) -> RawPosterior``
+    and validate their options in ``__post_init__`` (raising ConfigError).
+    """
+
+    method_name: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def run(self, rng_key, log_density, *, progress: bool = True):
+        """Run the method on ``log_density``; returns a RawPosterior."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as JSON-safe values (objects such as optax optimisers as their repr)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, enum.Enum):
+                v = v.value
+            try:
+                json.dumps(v)
+            except TypeError:
+                v = repr(v)
+            out[f.name] = v
+        return out
+
+    # -- validation helpers for __post_init__ ------------------------------------------
+    def _require(self, ok: bool, option: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(
+                f"{type(self).__name__}({option}={getattr(self, option)!r}): {message}"
+            )
+
+    def _positive_int(self, *options: str) -> None:
+        for o in options:
+            v = getattr(self, o)
+            self._require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, o,
+                          "must be an integer >= 1")
+
+    def _choice(self, option: str, choices) -> None:
+        v = getattr(self, option)
+        if v not in choices:
+            raise ConfigError(
+                f"{type(self).__name__}({option}={v!r}) is not a valid choice; {closest(str(v), choices)}"
+            )
+
+
+class MethodSpec(NamedTuple):
+    name: str
+    config_cls: type
+    description: str
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, config_cls: type, description: str) -> None:
+    """Register ``config_cls`` under ``name`` with a one-line ``description``."""
+    if not (isinstance(config_cls, type) and issubclass(config_cls, MethodConfig)):
+        raise ConfigError(f"register_method({name!r}): {config_cls!r} is not a MethodConfig subclass")
+    config_cls.method_name = name
+    _REGISTRY[name] = MethodSpec(name, config_cls, description)
+
+
+class _MethodTable(dict):
+    def __repr__(self) -> str:
+        width = max((len(k) for k in self), default=0)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in self.items())
+
+
+def methods() -> dict[str, str]:
+    """Registered method names, each with a one-line description (prints as a table)."""
+    return _MethodTable((n, s.description) for n, s in sorted(_REGISTRY.items()))
+
+
+def resolve_method(method) -> MethodConfig:
+    """A registered name -> its config with defaults; a config object -> itself.
+
+    Raises
+    ------
+    ConfigError
+        Unknown name (with the closest registered names), or an object that is no config.
+    """
+    if isinstance(method, MethodConfig):
+        return method
+    if isinstance(method, str):
+        spec = _REGISTRY.get(method)
+        if spec is None:
+            raise ConfigError(f"unknown method {method!r}; {closest(method, _REGISTRY)}")
+        return spec.config_cls()
+    if isinstance(method, type) and issubclass(method, MethodConfig):
+        return method()
+    raise ConfigError(
+        f"method must be a registered name (see pp.methods()) or a config such as "
+        f"pp.NUTS(num_chains=4); got {method!r}"
+    )

@@ -1,0 +1,212 @@
+"""RawPosterior -> arviz.InferenceData: the only module that imports ArviZ.
+
+Groups: ``posterior`` (constrained values of every latent and deterministic
+site, dims named after plates, coords from ``@pp.model(coords=...)``),
+``sample_stats``, ``log_likelihood`` (pointwise, one variable per observed site,
+so ``az.loo`` and ``az.compare`` work across methods), ``observed_data``, and for
+Laplace and VI an ``approximation`` group that survives ``to_netcdf`` /
+``from_netcdf`` (see :func:`sample_approximation`). ``attrs`` hold the method,
+its config, library versions, timings, gradient evaluations and the status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from importlib import metadata
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._errors import ConfigError, Status
+from .._progress import as_key
+from ..model.decorator import model_meta
+from ..model.sites import SiteKind
+from .approximation import approximation_to_dataset, load_approximation
+from .raw import RawPosterior
+
+__all__ = ["sample_approximation", "to_inference_data"]
+
+_VERSIONED = ("ppl_posteriors", "jax", "numpyro", "blackjax", "optax", "arviz")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in _VERSIONED:
+        try:
+            out[f"{pkg}_version"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[f"{pkg}_version"] = "unknown"
+    return out
+
+
+def _map_draws(fn, position):
+    """Apply ``fn`` to every (chain, draw) of ``position``, jitted; returns numpy arrays."""
+    out = jax.jit(jax.vmap(jax.vmap(fn)))(position)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _check_coords(coords, dims, arrays):
+    for name, arr in arrays.items():
+        for axis, dim in enumerate(dims.get(name, [])):
+            if dim in coords and len(coords[dim]) != arr.shape[axis]:
+                raise ConfigError(
+                    f"@pp.model(coords={{{dim!r}: ...}}) gives {len(coords[dim])} labels but "
+                    f"site {name!r} has {arr.shape[axis]} entries along {dim!r}; give one label per entry."
+                )
+
+
+def _scalar_attrs(info: dict) -> dict:
+    out = {}
+    for k, v in info.items():
+        if isinstance(v, (bool, np.bool_)):
+            out[k] = int(v)
+        elif isinstance(v, (int, float, str, np.integer, np.floating)):
+            out[k] = v
+        elif isinstance(v, (jax.Array, np.ndarray)) and np.ndim(v) == 0:
+            out[k] = np.asarray(v).item()
+    return out
+
+
+def to_inference_data(
+    raw: RawPosterior,
+    log_density,
+    *,
+    model=None,
+    method: str = "",
+    config: dict | None = None,
+    wall_time: float | None = None,
+) -> az.InferenceData:
+    """Convert ``raw`` (draws on the unconstrained space) to ``arviz.InferenceData``.
+
+    Parameters
+    ----------
+    raw : RawPosterior
+        Position leaves of shape (chain, draw, *unconstrained shape).
+    log_density : LogDensity
+        The model's log density (gives ``constrain``, ``pointwise_loglik``, sites).
+    model : callable, optional
+        The model, for the ``@pp.model`` coords and dims.
+    method, config, wall_time
+        Recorded in ``idata.attrs``.
+
+    Raises
+    ------
+    ConfigError
+        If the model's coords do not fit the sites' shapes.
+    """
+    meta = model_meta(model) if model is not None else None
+    constrained = _map_draws(log_density.constrain, raw.position)
+    dims = {s.name: list(s.dims) for s in log_density.sites}
+    posterior = dict(constrained)
+    log_lik, ll_dims = {}, {}
+    if any(s.kind is SiteKind.OBSERVED for s in log_density.sites):
+        log_lik = _map_draws(log_density.pointwise_loglik, raw.position)
+        # log_prob drops trailing event axes, so the pointwise axes are a prefix of the data's
+        ll_dims = {n: dims[n][: v.ndim - 2] for n, v in log_lik.items()}
+    observed = {n: np.asarray(v) for n, v in log_density.split.observed.items()}
+    coords = dict(meta.coords) if meta is not None else {}
+    _check_coords(coords, dims, {n: v[0, 0] for n, v in posterior.items()})
+    _check_coords(coords, dims, observed)
+
+    stats = {k: np.asarray(v) for k, v in raw.sample_stats.items()}
+    info = dict(raw.info)
+    messages = info.pop("messages", [])
+    attrs = {
+        "method": method,
+        "config": json.dumps(config or {}, default=repr),
+        "status": raw.status.value,
+        "status_messages": " | ".join(messages),
+        "jacobian": int(log_density.jacobian),
+        "num_parameters": log_density.dim,
+        **_versions(),
+        **_scalar_attrs(info),
+    }
+    if wall_time is not None:
+        attrs["wall_time"] = float(wall_time)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        idata = az.from_dict(
+            posterior=posterior,
+            sample_stats=stats or None,
+            observed_data=observed or None,
+            coords=coords,
+            dims={n: d for n, d in dims.items() if n in posterior or n in observed},
+            attrs=attrs,
+        )
+        if log_lik:
+            ll = az.from_dict(log_likelihood=log_lik, coords=coords, dims=ll_dims)
+            idata.add_groups({"log_likelihood": ll.log_likelihood})
+        if raw.approximation is not None:
+            idata.add_groups({"approximation": approximation_to_dataset(raw.approximation, log_density)})
+    return idata
+
+
+def sample_approximation(
+    idata,
+    rng_key=None,
+    num_samples: int = 1000,
+    *,
+    model=None,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+) -> az.InferenceData:
+    """Draw again from the approximation stored in ``idata`` (Laplace or VI results).
+
+    Works on a result reloaded with ``az.from_netcdf``.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        A result with an ``approximation`` group.
+    rng_key : jax key or int, optional
+        Random key (default: key 0).
+    num_samples : int
+        Number of draws.
+    model, model_args, model_kwargs : optional
+        The model and its arguments. With them, the result has the full
+        ``posterior`` (constrained latent and deterministic sites) and
+        ``log_likelihood``; without them, the draws are returned on the
+        unconstrained space in the ``unconstrained_posterior`` group, one variable
+        per latent site.
+
+    Returns
+    -------
+    arviz.InferenceData
+        Draws with shape (chain=1, draw=num_samples, ...).
+
+    Raises
+    ------
+    ConfigError
+        No approximation in ``idata``, or a model whose latent sites do not match it.
+    """
+    approx, layout = load_approximation(idata)
+    key = as_key(rng_key)
+    flat = approx.sample_flat(key, int(num_samples))[None]
+    if model is None:
+        out, i = {}, 0
+        for name, shape in layout:
+            n = math.prod(shape)
+            out[name] = np.asarray(flat[..., i : i + n]).reshape((1, num_samples) + shape)
+            i += n
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return az.InferenceData(unconstrained_posterior=az.dict_to_dataset(out))
+    from ..density import build_log_density
+
+    jacobian = bool(int(idata.approximation.attrs.get("jacobian", 1)))
+    ld = build_log_density(model, tuple(model_args), dict(model_kwargs or {}), jacobian=jacobian)
+    if ld.layout != layout:
+        raise ConfigError(
+            f"the model's latent sites {list(ld.layout)} do not match the stored approximation's "
+            f"{list(layout)}; pass the same model and arguments that produced it"
+        )
+    position = ld.unravel(jnp.asarray(flat))
+    lp = jax.jit(jax.vmap(jax.vmap(ld.logdensity_fn)))(position)
+    raw = RawPosterior(position, {"lp": lp}, approx, Status.SUCCESS, {"messages": []})
+    return to_inference_data(raw, ld, model=model, method=str(idata.attrs.get("method", "")),
+                             config=json.loads(idata.attrs.get("config", "{}")))
