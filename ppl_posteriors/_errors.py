@@ -46,8 +46,9 @@ class NumericalWarning(UserWarning):
 class Status(enum.Enum):
     """Numerical outcome of a method, worst first when several apply.
 
-    ``SUCCESS``: nothing to report. Warnings (``DIVERGENCES``, ``POOR_MIXING``,
-    ``NOT_CONVERGED`` for VI) leave a usable but suspect result. Failures
+    ``SUCCESS``: nothing to report. Warnings (``DIVERGENCES``, ``POOR_MIXING`` (R-hat),
+    ``POOR_APPROXIMATION`` (PSIS k-hat), ``NOT_CONVERGED`` for VI) leave a usable but
+    suspect result. Failures
     (``MAP_NOT_CONVERGED``, ``INDEFINITE_CURVATURE``, ``NON_FINITE``) make the
     result wrong and raise :class:`NumericalError` when ``throw=True``.
     """
@@ -55,6 +56,7 @@ class Status(enum.Enum):
     SUCCESS = "success"
     DIVERGENCES = "divergences"
     POOR_MIXING = "poor_mixing"
+    POOR_APPROXIMATION = "poor_approximation"
     NOT_CONVERGED = "not_converged"
     MAP_NOT_CONVERGED = "map_not_converged"
     INDEFINITE_CURVATURE = "indefinite_curvature"

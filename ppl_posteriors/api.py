@@ -66,7 +66,7 @@ def infer(model, *args, method, rng_key=None, progress: bool = True, **kwargs):
     idata = to_inference_data(
         raw, ld, model=model, method=config.method_name, config=config.to_dict(), wall_time=wall
     )
-    _report(raw, idata, config)
+    _report(idata, config)
     return idata
 
 
@@ -80,10 +80,11 @@ def _key(rng_key):
         ) from e
 
 
-def _report(raw, idata, config) -> None:
-    if raw.status is Status.SUCCESS:
+def _report(idata, config) -> None:
+    status = Status(idata.attrs["status"])
+    if status is Status.SUCCESS:
         return
-    text = f"{config.method_name}: {raw.status.value}: " + " | ".join(raw.info.get("messages", []))
-    if raw.status.is_failure and getattr(config, "throw", True):
-        raise NumericalError(text, raw.status, idata)
+    text = f"{config.method_name}: {status.value}: {idata.attrs['status_messages']}"
+    if status.is_failure and getattr(config, "throw", True):
+        raise NumericalError(text, status, idata)
     warnings.warn(text, NumericalWarning, stacklevel=3)

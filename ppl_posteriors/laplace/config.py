@@ -86,10 +86,10 @@ class Laplace(MethodConfig):
             approx = DenseGaussian(res.position, res.precision, res.cholesky)
             draws = approx.sample_flat(key, self.num_samples)
             lp = jax.vmap(ld.flat_logdensity_fn)(draws)
-            return res, approx, draws, lp
+            return res, approx, draws, lp, lp - approx.log_prob(draws)
 
         x0 = ld.ravel(ld.init_position)
-        (res, approx, draws, lp), compile_time, run_time = timed_call(fit, x0, rng_key)
+        (res, approx, draws, lp, log_weight), compile_time, run_time = timed_call(fit, x0, rng_key)
         status, messages = _diagnose(res, ld, self.mode_tol)
         info = {
             "messages": messages,
@@ -101,7 +101,10 @@ class Laplace(MethodConfig):
             "log_evidence": float(laplace_log_evidence(res.logdensity, res.cholesky)),
         }
         position = ld.unravel(draws[None])
-        return RawPosterior(position, {"lp": lp[None]}, approx, status, info)
+        stats = {"lp": lp[None]}
+        if ld.jacobian:  # importance weights need the density of z, Jacobian included
+            stats["log_weight"] = log_weight[None]
+        return RawPosterior(position, stats, approx, status, info)
 
 
 def _diagnose(res, ld, mode_tol) -> tuple[Status, list[str]]:

@@ -15,7 +15,8 @@ Hoffman & Gelman (2014), JMLR 15:1593-1623 (dual averaging).
 from __future__ import annotations
 
 import warnings
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax.numpy as jnp
 from blackjax.adaptation import window_adaptation as _wa

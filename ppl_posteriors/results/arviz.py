@@ -71,6 +71,51 @@ def _scalar_attrs(info: dict) -> dict:
     return out
 
 
+def _diagnose(raw: RawPosterior, posterior: dict, stats: dict):
+    """Status and messages of ``raw`` plus two diagnostics computed with ArviZ.
+
+    * PSIS k-hat of the importance weights p/q of an approximation's draws
+      (``sample_stats["log_weight"]``); above min(1 - 1/log10(S), 0.7) the
+      approximation is unreliable (Vehtari et al. 2024, JMLR 25(72); Yao et al.
+      2018, "Yes, but did it work?").
+    * Rank-normalised split R-hat and bulk ESS of MCMC draws; R-hat above 1.01
+      means the chains disagree (Vehtari et al. 2021, Bayesian Analysis 16:667).
+    """
+    statuses, messages, attrs = [raw.status], list(raw.info.get("messages", [])), {}
+    lw = stats.get("log_weight")
+    if lw is not None:
+        lw = np.asarray(lw, dtype=np.float64).ravel()
+        if np.all(np.isfinite(lw)) and lw.size >= 10:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _, khat = az.psislw(lw - lw.max())
+            khat = float(khat)
+            threshold = min(1.0 - 1.0 / np.log10(lw.size), 0.7)
+            attrs["psis_khat"] = khat
+            if khat > threshold:
+                statuses.append(Status.POOR_APPROXIMATION)
+                messages.append(
+                    f"PSIS k-hat = {khat:.2f} > {threshold:.2f}: the approximation is far from the "
+                    "posterior, so its means and sds may be badly off; check against NUTS"
+                )
+    if raw.info.get("is_mcmc"):
+        n_chains = next(iter(posterior.values())).shape[0]
+        if n_chains >= 2:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = az.convert_to_dataset(posterior)
+                rhat = float(np.nanmax(az.rhat(ds).to_array().values))
+                ess = float(np.nanmin(az.ess(ds, method="bulk").to_array().values))
+            attrs["rhat_max"], attrs["ess_bulk_min"] = rhat, ess
+            if rhat > 1.01:
+                statuses.append(Status.POOR_MIXING)
+                messages.append(
+                    f"max R-hat = {rhat:.3f} > 1.01 (min bulk ESS {ess:.0f}): the chains disagree; "
+                    "run longer, reparameterise, or check for multimodality"
+                )
+    return Status.worst(statuses), messages, attrs
+
+
 def to_inference_data(
     raw: RawPosterior,
     log_density,
@@ -114,12 +159,10 @@ def to_inference_data(
 
     stats = {k: np.asarray(v) for k, v in raw.sample_stats.items()}
     info = dict(raw.info)
-    messages = info.pop("messages", [])
+    info.pop("messages", None)
     attrs = {
         "method": method,
         "config": json.dumps(config or {}, default=repr),
-        "status": raw.status.value,
-        "status_messages": " | ".join(messages),
         "jacobian": int(log_density.jacobian),
         "num_parameters": log_density.dim,
         **_versions(),
@@ -127,6 +170,10 @@ def to_inference_data(
     }
     if wall_time is not None:
         attrs["wall_time"] = float(wall_time)
+    status, messages, diag = _diagnose(raw, posterior, stats)
+    attrs.update(diag)
+    attrs["status"] = status.value
+    attrs["status_messages"] = " | ".join(messages)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

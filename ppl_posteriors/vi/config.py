@@ -96,10 +96,11 @@ class MeanFieldVI(MethodConfig):
                 params, losses = fit(loss, params0, optimizer, self.num_steps, k_fit, bar)
                 approx = meanfield.MeanFieldGaussian.from_params(params)
                 draws = approx.sample_flat(k_draw, self.num_samples)
-                return approx, -losses, draws, jax.vmap(f)(draws)
+                lp = jax.vmap(f)(draws)
+                return approx, -losses, draws, lp, lp - approx.log_prob(draws)
 
             x0 = ld.ravel(ld.init_position)
-            (approx, elbo_trace, draws, lp), compile_time, run_time = timed_call(run, x0, rng_key)
+            (approx, elbo_trace, draws, lp, log_weight), compile_time, run_time = timed_call(run, x0, rng_key)
 
         elbo_trace = np.asarray(elbo_trace)
         window = self.convergence_window or max(50, self.num_steps // 10)
@@ -128,7 +129,8 @@ class MeanFieldVI(MethodConfig):
             "elbo_final": float(np.mean(elbo_trace[-window:])),
         }
         position = ld.unravel(draws[None])
-        return RawPosterior(position, {"lp": lp[None]}, approx._replace(elbo=elbo_trace), status, info)
+        stats = {"lp": lp[None], "log_weight": log_weight[None]}
+        return RawPosterior(position, stats, approx._replace(elbo=elbo_trace), status, info)
 
 
 register_method("meanfield_vi", MeanFieldVI, "ADVI: mean-field Gaussian VI, reverse-KL ELBO, STL gradients")

@@ -1,0 +1,100 @@
+"""``ppl-posteriors`` command line: ``ppl-posteriors demo [--quick] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+
+def _demo(args) -> int:
+    os.environ.setdefault("XLA_FLAGS", "")
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import pandas as pd
+
+    import ppl_posteriors as pp
+    from ppl_posteriors import datasets, examples
+    from ppl_posteriors.results.compare import method_table, parameter_table, plot_forest
+
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    progress = not args.no_progress
+    if args.quick:
+        configs = {
+            "NUTS": pp.NUTS(num_chains=2, num_warmup=500, num_samples=500),
+            "Laplace": pp.Laplace(num_samples=1000),
+            "ADVI": pp.MeanFieldVI(num_steps=2000, num_samples=1000),
+        }
+    else:
+        configs = {
+            "NUTS": pp.NUTS(num_chains=4, num_warmup=1000, num_samples=1000),
+            "Laplace": pp.Laplace(num_samples=4000),
+            "ADVI": pp.MeanFieldVI(num_steps=5000, num_samples=4000),
+        }
+
+    X, y, names = datasets.breast_cancer()
+    logreg = pp.model(coords={"feature": names})(examples.logistic_regression)
+    es = datasets.eight_schools()
+    problems = [
+        ("logreg", "Bayesian logistic regression, breast cancer (569 x 30, standardised)",
+         logreg, (X,), {"y": y}, ["b0", "w"], ["b0", "w"]),
+        ("eight_schools", "Eight schools, non-centred (Rubin 1981)",
+         examples.eight_schools_noncentered, (es["sigma"],), {"y": es["y"]},
+         ["mu", "tau", "theta"], ["mu", "tau", "theta"]),
+    ]
+    pd.set_option("display.width", 160)
+    pd.set_option("display.max_columns", 20)
+    key = jax.random.key(args.seed)
+    t_all = time.perf_counter()
+    for slug, title, model, margs, mkwargs, table_vars, plot_vars in problems:
+        print(f"\n=== {title} ===", flush=True)
+        results = {}
+        for label, cfg in configs.items():
+            key, sub = jax.random.split(key)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", pp.NumericalWarning)
+                idata = pp.infer(model, *margs, method=cfg, rng_key=sub, progress=progress, **mkwargs)
+            for w in caught:
+                if issubclass(w.category, pp.NumericalWarning):
+                    print(f"  warning ({label}): {w.message}")
+            results[label] = idata
+            path = os.path.join(out, f"{slug}_{cfg.method_name}.nc")
+            idata.to_netcdf(path)
+        table = parameter_table(results, table_vars)
+        if slug == "logreg":  # the intercept and the five largest coefficients by |NUTS mean|
+            top = table[("NUTS", "mean")].drop("b0").abs().sort_values(ascending=False).index[:5]
+            table = table.loc[["b0", *top]]
+        print("\nposterior mean and sd (constrained space):")
+        print(table.round(3).to_string())
+        print("\nmethods (accuracy against NUTS over all of", ", ".join(table_vars) + "):")
+        print(method_table(results, table_vars, reference="NUTS").round(3).to_string())
+        png = plot_forest(results, plot_vars if slug != "logreg" else ["b0", "w"],
+                          os.path.join(out, f"{slug}_forest.png"), title=title)
+        print(f"\nwrote {png} and {len(results)} netcdf files in {out}")
+    print(f"\ndemo finished in {time.perf_counter() - t_all:.1f} s")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="ppl-posteriors", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo",
+        help="NUTS, Laplace and ADVI on logistic regression (breast cancer) and eight schools",
+    )
+    demo.add_argument("--quick", action="store_true", help="fewer draws and steps (CI smoke run)")
+    demo.add_argument("--out", default="demo_out", help="folder for netcdf files and plots")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
