@@ -78,7 +78,11 @@ LatentHandler = Callable[[str, Distribution], tuple[Any, Any]]
 def _transform(name: str, fn: Distribution):
     """The bijection from the unconstrained space onto the support of latent site ``name``."""
     support = fn.support
-    if getattr(support, "is_discrete", False):
+    try:
+        discrete = bool(support.is_discrete)
+    except NotImplementedError:  # e.g. constraints.dependent: decided below by biject_to
+        discrete = False
+    if discrete:
         raise ModelError(
             f"latent site {name!r} has the discrete distribution {type(fn).__name__} "
             f"(support {support}); discrete latent sites need enumeration, which is not "

@@ -86,10 +86,13 @@ def _diagnose(raw: RawPosterior, posterior: dict, stats: dict):
     if lw is not None:
         lw = np.asarray(lw, dtype=np.float64).ravel()
         if np.all(np.isfinite(lw)) and lw.size >= 10:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _, khat = az.psislw(lw - lw.max())
-            khat = float(khat)
+            if np.ptp(lw) <= 1e-8 * (1.0 + np.abs(lw).max()):
+                khat = float("-inf")  # constant weights: q equals the posterior
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    _, khat = az.psislw(lw - lw.max())
+                khat = float(khat)
             threshold = min(1.0 - 1.0 / np.log10(lw.size), 0.7)
             attrs["psis_khat"] = khat
             if khat > threshold:

@@ -49,6 +49,9 @@ class MeanFieldVI(MethodConfig):
     convergence_window : int or None
         Steps per window of the convergence test (see ``vi.fit.elbo_converged``);
         None means max(50, num_steps // 10).
+    average_fraction : float, default 0.2
+        Return the average of the iterates over this final fraction of the steps
+        (Polyak-Ruppert averaging; 0 returns the last iterate).
     throw : bool, default True
         Raise ``NumericalError`` when the ELBO or the parameters become non-finite.
         An ELBO still rising at the end is a ``NumericalWarning`` (``Status.NOT_CONVERGED``).
@@ -66,6 +69,7 @@ class MeanFieldVI(MethodConfig):
     init_scale: float = 0.1
     num_samples: int = 1000
     convergence_window: int | None = None
+    average_fraction: float = 0.2
     throw: bool = True
 
     def __post_init__(self):
@@ -77,6 +81,7 @@ class MeanFieldVI(MethodConfig):
                 "optimizer",
                 "must be an optax.GradientTransformation, e.g. optax.adam(1e-2)",
             )
+        self._require(0.0 <= self.average_fraction < 1.0, "average_fraction", "must be in [0, 1)")
         if self.convergence_window is not None:
             self._positive_int("convergence_window")
 
@@ -93,7 +98,8 @@ class MeanFieldVI(MethodConfig):
             def run(x0, key):
                 k_fit, k_draw = jax.random.split(key)
                 params0 = meanfield.init(x0, self.init_scale)
-                params, losses = fit(loss, params0, optimizer, self.num_steps, k_fit, bar)
+                num_average = int(self.average_fraction * self.num_steps)
+                params, losses = fit(loss, params0, optimizer, self.num_steps, k_fit, bar, num_average)
                 approx = meanfield.MeanFieldGaussian.from_params(params)
                 draws = approx.sample_flat(k_draw, self.num_samples)
                 lp = jax.vmap(f)(draws)

@@ -1,0 +1,48 @@
+"""Test configuration: float64 everywhere, no progress bars, posteriordb location."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("PPL_POSTERIORS_PROGRESS", "0")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def posteriordb_dir() -> Path | None:
+    """``$PPL_POSTERIORDB`` or ``../shared/posteriordb`` beside the checkout, if present."""
+    for cand in (os.environ.get("PPL_POSTERIORDB"), ROOT.parent / "shared" / "posteriordb"):
+        if cand and (Path(cand) / "load.py").is_file():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def pdb():
+    """The posteriordb loader module (``load.py``) of ../shared/posteriordb."""
+    d = posteriordb_dir()
+    if d is None:
+        pytest.skip("posteriordb not found: set PPL_POSTERIORDB or place it at ../shared/posteriordb")
+    sys.path.insert(0, str(d))
+    import load
+
+    return load
+
+
+@pytest.fixture
+def eight_schools_data():
+    from ppl_posteriors.datasets import eight_schools
+
+    return eight_schools()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
