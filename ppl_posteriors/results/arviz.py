@@ -168,7 +168,6 @@ def to_inference_data(
         "config": json.dumps(config or {}, default=repr),
         "jacobian": int(log_density.jacobian),
         "num_parameters": log_density.dim,
-        **_versions(),
         **_scalar_attrs(info),
     }
     if wall_time is not None:
@@ -188,6 +187,7 @@ def to_inference_data(
             dims={n: d for n, d in dims.items() if n in posterior or n in observed},
             attrs=attrs,
         )
+        idata.attrs.update(_versions())  # from_dict drops an "arviz_version" given in attrs
         if log_lik:
             ll = az.from_dict(log_likelihood=log_lik, coords=coords, dims=ll_dims)
             idata.add_groups({"log_likelihood": ll.log_likelihood})
