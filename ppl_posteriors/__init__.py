@@ -4,6 +4,7 @@
 >>> idata = pp.infer(model, x, y=y, method="nuts", rng_key=jax.random.key(0))
 """
 
+from . import datasets, examples
 from ._errors import ConfigError, ModelError, NumericalError, NumericalWarning, Status
 from .api import infer, log_density
 from .density import LogDensity, ModelSplit
@@ -36,5 +37,7 @@ __all__ = [
     "methods",
     "model",
     "register_method",
+    "datasets",
+    "examples",
     "sample_approximation",
 ]

@@ -92,12 +92,26 @@ def timed_call(fn, *args):
 
 
 def as_key(rng_key) -> jax.Array:
-    """A new-style typed key from ``None`` (key 0), an int seed, a typed key or a raw uint32 key."""
+    """A new-style typed key from ``None`` (key 0), an int seed, a typed key or a raw uint32 key.
+
+    Raises
+    ------
+    ConfigError
+        For anything else.
+    """
+    import numpy as np
+
+    from ._errors import ConfigError
+
     if rng_key is None:
         return jax.random.key(0)
-    if isinstance(rng_key, int):
-        return jax.random.key(rng_key)
-    arr = rng_key
-    if jnp.issubdtype(getattr(arr, "dtype", None), jax.dtypes.prng_key):
-        return arr
-    return jax.random.wrap_key_data(jnp.asarray(arr, dtype=jnp.uint32))
+    if isinstance(rng_key, (int, np.integer)) and not isinstance(rng_key, bool):
+        return jax.random.key(int(rng_key))
+    dtype = getattr(rng_key, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return rng_key
+    if dtype is not None and np.dtype(dtype) == np.uint32 and np.shape(rng_key) == (2,):
+        return jax.random.wrap_key_data(jnp.asarray(rng_key))
+    raise ConfigError(
+        f"rng_key must be a jax.random.key(...), a jax.random.PRNGKey(...) or an int seed; got {rng_key!r}"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 
-from ._errors import ConfigError, NumericalError, NumericalWarning, Status
+from ._errors import NumericalError, NumericalWarning, Status
 from ._progress import as_key
 from .density import build_log_density
 from .density.log_density import log_density
@@ -57,7 +57,7 @@ def infer(model, *args, method, rng_key=None, progress: bool = True, **kwargs):
         are ``NumericalWarning`` warnings instead.
     """
     config = resolve_method(method)
-    key = _key(rng_key)
+    key = as_key(rng_key)
     jacobian = getattr(config, "jacobian", True)
     t0 = time.perf_counter()
     ld = build_log_density(model, args, kwargs, jacobian=jacobian)
@@ -68,16 +68,6 @@ def infer(model, *args, method, rng_key=None, progress: bool = True, **kwargs):
     )
     _report(idata, config)
     return idata
-
-
-def _key(rng_key):
-    try:
-        return as_key(rng_key)
-    except Exception as e:
-        raise ConfigError(
-            f"rng_key must be a jax.random.key(...), a jax.random.PRNGKey(...) or an int seed; "
-            f"got {rng_key!r}"
-        ) from e
 
 
 def _report(idata, config) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import inspect
 import json
 from typing import Any, ClassVar, NamedTuple
 
@@ -21,6 +22,12 @@ __all__ = ["MethodConfig", "MethodSpec", "methods", "register_method", "resolve_
 
 class _ConfigMeta(abc.ABCMeta):
     """Turns unknown keyword options into a ConfigError with the closest valid names."""
+
+    @property
+    def __signature__(cls):
+        # keep the dataclass signature visible to inspect / IDEs despite __call__ below
+        sig = inspect.signature(cls.__init__)
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
 
     def __call__(cls, *args, **kwargs):
         if dataclasses.is_dataclass(cls):

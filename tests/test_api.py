@@ -73,6 +73,8 @@ def test_rng_key_forms_are_equivalent():
     c = pp.infer(normal_normal, y=Y, method=cfg, rng_key=3)
     np.testing.assert_array_equal(a.posterior["mu"], b.posterior["mu"])
     np.testing.assert_array_equal(a.posterior["mu"], c.posterior["mu"])
+    f = pp.infer(normal_normal, y=Y, method=cfg, rng_key=np.int64(3))
+    np.testing.assert_array_equal(a.posterior["mu"], f.posterior["mu"])
     d = pp.infer(normal_normal, y=Y, method=cfg)  # None -> key 0
     e = pp.infer(normal_normal, y=Y, method=cfg, rng_key=0)
     np.testing.assert_array_equal(d.posterior["mu"], e.posterior["mu"])

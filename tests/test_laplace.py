@@ -131,3 +131,13 @@ def test_laplace_config_errors():
         pp.Laplace(num_samples=0)
     with pytest.raises(pp.ConfigError, match="num_sample.*did you mean 'num_samples'"):
         pp.Laplace(num_sample=10)
+
+
+def test_mode_at_the_edge_of_the_unconstrained_space_is_not_silent(eight_schools_data):
+    """Without the Jacobian, eight schools' mode has tau -> 0: draws overflow, and that is reported."""
+    from ppl_posteriors.examples import eight_schools_noncentered
+
+    d = eight_schools_data
+    with pytest.raises(pp.NumericalError) as e:
+        pp.infer(eight_schools_noncentered, d["sigma"], y=d["y"], method=pp.Laplace(jacobian=False))
+    assert e.value.status in (pp.Status.NON_FINITE, pp.Status.MAP_NOT_CONVERGED, pp.Status.INDEFINITE_CURVATURE)

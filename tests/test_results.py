@@ -119,6 +119,11 @@ def test_resampling_errors(es_results, es):
     args, kwargs = es
     with pytest.raises(pp.ConfigError, match="do not match"):
         pp.sample_approximation(es_results["laplace"], 0, 10, model=other, model_args=args, model_kwargs=kwargs)
+    with pytest.raises(pp.ConfigError, match="observed data .* differ"):
+        pp.sample_approximation(es_results["laplace"], 0, 10, model=eight_schools_noncentered,
+                                model_args=args, model_kwargs={"y": kwargs["y"] + 1.0})
+    with pytest.raises(pp.ConfigError, match="rng_key"):
+        pp.sample_approximation(es_results["laplace"], "seed", 10)
 
 
 def test_coords_of_wrong_length_raise(es):

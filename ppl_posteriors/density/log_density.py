@@ -78,6 +78,10 @@ class LogDensity(NamedTuple):
     ----------
     logdensity_fn : callable
         position -> scalar log density (see module docstring), differentiable.
+    posterior_logdensity_fn : callable
+        The unnormalised posterior density of the unconstrained position, Jacobian
+        always included (equal to ``logdensity_fn`` when ``jacobian=True``); the
+        target of importance weights and of MCMC.
     init_position : dict
         The unconstrained origin: zeros of each latent site's unconstrained shape.
     constrain : callable
@@ -99,6 +103,7 @@ class LogDensity(NamedTuple):
     """
 
     logdensity_fn: Callable[[Position], jax.Array]
+    posterior_logdensity_fn: Callable[[Position], jax.Array]
     init_position: Position
     constrain: Callable[[Position], dict[str, jax.Array]]
     unconstrain: Callable[[dict[str, jax.Array]], Position]
@@ -181,15 +186,21 @@ def build_log_density(model, args: tuple = (), kwargs: dict | None = None, *, ja
     def run(position):
         return replay(model, args, kwargs, from_unconstrained(position))
 
-    def logdensity_fn(position):
+    def log_joint(position, with_jacobian):
         total = 0.0
         for rec in run(position).values():
             if rec.kind is SiteKind.DETERMINISTIC:
                 continue
             total = total + _scaled(jnp.sum(rec.fn.log_prob(rec.value)), rec.scale)
-            if jacobian and rec.kind is SiteKind.LATENT:
+            if with_jacobian and rec.kind is SiteKind.LATENT:
                 total = total + _scaled(rec.log_det, rec.scale)
         return total
+
+    def logdensity_fn(position):
+        return log_joint(position, jacobian)
+
+    def posterior_logdensity_fn(position):
+        return log_joint(position, True)
 
     def log_prior(position):
         total = 0.0
@@ -229,6 +240,7 @@ def build_log_density(model, args: tuple = (), kwargs: dict | None = None, *, ja
     )
     return LogDensity(
         logdensity_fn=logdensity_fn,
+        posterior_logdensity_fn=posterior_logdensity_fn,
         init_position=tr.init_position,
         constrain=constrain,
         unconstrain=unconstrain,

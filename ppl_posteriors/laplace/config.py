@@ -85,12 +85,12 @@ class Laplace(MethodConfig):
             res = find_map(ld.flat_logdensity_fn, x0, max_steps=self.max_steps, rtol=rtol, atol=atol)
             approx = DenseGaussian(res.position, res.precision, res.cholesky)
             draws = approx.sample_flat(key, self.num_samples)
-            lp = jax.vmap(ld.flat_logdensity_fn)(draws)
+            lp = jax.vmap(ld.posterior_logdensity_fn)(ld.unravel(draws))
             return res, approx, draws, lp, lp - approx.log_prob(draws)
 
         x0 = ld.ravel(ld.init_position)
         (res, approx, draws, lp, log_weight), compile_time, run_time = timed_call(fit, x0, rng_key)
-        status, messages = _diagnose(res, ld, self.mode_tol)
+        status, messages = _diagnose(res, ld, self.mode_tol, lp)
         info = {
             "messages": messages,
             "compile_time": compile_time,
@@ -101,13 +101,11 @@ class Laplace(MethodConfig):
             "log_evidence": float(laplace_log_evidence(res.logdensity, res.cholesky)),
         }
         position = ld.unravel(draws[None])
-        stats = {"lp": lp[None]}
-        if ld.jacobian:  # importance weights need the density of z, Jacobian included
-            stats["log_weight"] = log_weight[None]
+        stats = {"lp": lp[None], "log_weight": log_weight[None]}
         return RawPosterior(position, stats, approx, status, info)
 
 
-def _diagnose(res, ld, mode_tol) -> tuple[Status, list[str]]:
+def _diagnose(res, ld, mode_tol, lp) -> tuple[Status, list[str]]:
     if not (np.isfinite(float(res.logdensity)) and bool(jnp.all(jnp.isfinite(res.position)))):
         return Status.NON_FINITE, [
             f"the MAP search ended at a non-finite log density ({float(res.logdensity)}); "
@@ -122,6 +120,13 @@ def _diagnose(res, ld, mode_tol) -> tuple[Status, list[str]]:
             f"{evals[0]:.3g}, mostly along {worst!r}); the point found is a saddle or the "
             "density is flat or improper there, so no Gaussian approximation exists. "
             "Reparameterise (e.g. non-centre hierarchical scales) or use NUTS or VI"
+        ]
+    if not bool(jnp.all(jnp.isfinite(lp))):
+        bad = int(jnp.sum(~jnp.isfinite(lp)))
+        return Status.NON_FINITE, [
+            f"{bad} of {lp.size} draws of the Gaussian have a non-finite posterior density "
+            "(they overflow the transforms to the constrained space); the mode is at an "
+            "extreme of the unconstrained space, so the approximation is meaningless there"
         ]
     if float(res.decrement) > mode_tol:
         return Status.MAP_NOT_CONVERGED, [

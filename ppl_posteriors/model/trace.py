@@ -199,6 +199,15 @@ def _dims(name, shape, event_dim, frames, override) -> tuple[str, ...]:
     return tuple(dims)
 
 
+def _check_coords(name, shape, dims, coords) -> None:
+    for axis, dim in enumerate(dims):
+        if dim in coords and len(coords[dim]) != shape[axis]:
+            raise ConfigError(
+                f"@pp.model(coords={{{dim!r}: ...}}) gives {len(coords[dim])} labels but site "
+                f"{name!r} has {shape[axis]} entries along {dim!r}; give one label per entry."
+            )
+
+
 def _zeros(name, fn):
     t = _transform(name, fn)
     z = jnp.zeros(t.inverse_shape(fn.shape()), dtype=jnp.result_type(float))
@@ -219,7 +228,7 @@ def trace_model(model, args: tuple, kwargs: dict) -> ModelTrace:
         or inf in observed data; a ``numpyro.param`` site; a subsampled plate; a
         model that raises (the original exception is chained).
     ConfigError
-        ``@pp.model(dims=...)`` that does not fit a site's shape.
+        ``@pp.model(dims=...)`` or ``coords=...`` that do not fit a site's shape.
     """
     if not callable(model):
         raise ModelError(f"the model must be a callable NumPyro model function, got {type(model).__name__}")
@@ -278,6 +287,7 @@ def trace_model(model, args: tuple, kwargs: dict) -> ModelTrace:
                     "numpyro.handlers.mask(mask=...) and finite placeholder values."
                 )
             observed[site_name] = arr
+        _check_coords(site_name, shape, dims, meta.coords)
         sites.append(Site(site_name, kind, shape, event_dim, support, plates, dims, ushape))
     if not any(s.kind is SiteKind.LATENT for s in sites):
         raise ModelError(

@@ -49,16 +49,6 @@ def _map_draws(fn, position):
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _check_coords(coords, dims, arrays):
-    for name, arr in arrays.items():
-        for axis, dim in enumerate(dims.get(name, [])):
-            if dim in coords and len(coords[dim]) != arr.shape[axis]:
-                raise ConfigError(
-                    f"@pp.model(coords={{{dim!r}: ...}}) gives {len(coords[dim])} labels but "
-                    f"site {name!r} has {arr.shape[axis]} entries along {dim!r}; give one label per entry."
-                )
-
-
 def _scalar_attrs(info: dict) -> dict:
     out = {}
     for k, v in info.items():
@@ -141,10 +131,6 @@ def to_inference_data(
     method, config, wall_time
         Recorded in ``idata.attrs``.
 
-    Raises
-    ------
-    ConfigError
-        If the model's coords do not fit the sites' shapes.
     """
     meta = model_meta(model) if model is not None else None
     constrained = _map_draws(log_density.constrain, raw.position)
@@ -156,9 +142,7 @@ def to_inference_data(
         # log_prob drops trailing event axes, so the pointwise axes are a prefix of the data's
         ll_dims = {n: dims[n][: v.ndim - 2] for n, v in log_lik.items()}
     observed = {n: np.asarray(v) for n, v in log_density.split.observed.items()}
-    coords = dict(meta.coords) if meta is not None else {}
-    _check_coords(coords, dims, {n: v[0, 0] for n, v in posterior.items()})
-    _check_coords(coords, dims, observed)
+    coords = dict(meta.coords) if meta is not None else {}  # checked against shapes when traced
 
     stats = {k: np.asarray(v) for k, v in raw.sample_stats.items()}
     info = dict(raw.info)
@@ -255,8 +239,21 @@ def sample_approximation(
             f"the model's latent sites {list(ld.layout)} do not match the stored approximation's "
             f"{list(layout)}; pass the same model and arguments that produced it"
         )
+    observed = {n: np.asarray(v) for n, v in ld.split.observed.items()}
+    if "observed_data" in idata.groups():
+        stored = {n: np.asarray(v) for n, v in idata.observed_data.data_vars.items()}
+        same = set(stored) == set(observed) and all(
+            stored[n].shape == observed[n].shape and np.allclose(stored[n], observed[n]) for n in observed
+        )
+        if not same:
+            raise ConfigError(
+                "the observed data given to sample_approximation differ from the data the "
+                "approximation was fitted to (idata.observed_data); pass the same arguments"
+            )
     position = ld.unravel(jnp.asarray(flat))
-    lp = jax.jit(jax.vmap(jax.vmap(ld.logdensity_fn)))(position)
-    raw = RawPosterior(position, {"lp": lp}, approx, Status.SUCCESS, {"messages": []})
+    lp = jax.jit(jax.vmap(jax.vmap(ld.posterior_logdensity_fn)))(position)
+    log_q = approx.log_prob(jnp.asarray(flat))
+    stats = {"lp": lp, "log_weight": lp - log_q}
+    raw = RawPosterior(position, stats, approx, Status.SUCCESS, {"messages": []})
     return to_inference_data(raw, ld, model=model, method=str(idata.attrs.get("method", "")),
                              config=json.loads(idata.attrs.get("config", "{}")))

@@ -110,15 +110,15 @@ class MeanFieldVI(MethodConfig):
 
         elbo_trace = np.asarray(elbo_trace)
         window = self.convergence_window or max(50, self.num_steps // 10)
-        finite = bool(np.all(np.isfinite(np.asarray(approx.mean)))) and bool(
-            np.all(np.isfinite(np.asarray(approx.scale)))
-        )
         converged, increase = elbo_converged(elbo_trace, window)
+        finite = all(np.all(np.isfinite(np.asarray(a))) for a in (approx.mean, approx.scale, lp))
         if not finite or not np.all(np.isfinite(elbo_trace[-window:])):
-            bad = int(np.argmax(~np.isfinite(elbo_trace))) if not np.all(np.isfinite(elbo_trace)) else -1
+            first = int(np.argmax(~np.isfinite(elbo_trace))) if not np.all(np.isfinite(elbo_trace)) else None
+            where = f" (first at step {first})" if first is not None else ""
             status, messages = Status.NON_FINITE, [
-                f"the ELBO or the variational parameters became non-finite (first at step {bad}); "
-                "lower the learning rate, use init_scale closer to 0, or check the model's support"
+                f"the ELBO, the variational parameters or the draws' log density became "
+                f"non-finite{where}; lower the learning rate, use a smaller init_scale, or "
+                "check the model's support"
             ]
         elif not converged:
             status, messages = Status.NOT_CONVERGED, [
@@ -132,7 +132,8 @@ class MeanFieldVI(MethodConfig):
             "compile_time": compile_time,
             "run_time": run_time,
             "grad_evals": self.num_steps * self.num_particles,
-            "elbo_final": float(np.mean(elbo_trace[-window:])),
+            # ELBO of the returned (averaged) guide, from its draws: mean of log p - log q
+            "elbo_final": float(np.mean(np.asarray(log_weight))),
         }
         position = ld.unravel(draws[None])
         stats = {"lp": lp[None], "log_weight": log_weight[None]}
