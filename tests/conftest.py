@@ -2,7 +2,6 @@
 
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("PPL_POSTERIORS_PROGRESS", "0")
 
@@ -12,16 +11,7 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def posteriordb_dir() -> Path | None:
-    """``$PPL_POSTERIORDB`` or ``../shared/posteriordb`` beside the checkout, if present."""
-    for cand in (os.environ.get("PPL_POSTERIORDB"), ROOT.parent / "shared" / "posteriordb"):
-        if cand and (Path(cand) / "load.py").is_file():
-            return Path(cand)
-    return None
+from reference import posteriordb_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -6,32 +6,9 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from reference import compare_with_reference
 
 import ppl_posteriors as pp
-
-N_REF = 10_000  # posteriordb reference: 10 chains x 1000 near-independent draws
-
-
-def compare_with_reference(idata, reference, z=5.0):
-    """Every reference parameter: |Δmean| and |Δsd| within ``z`` combined Monte Carlo standard errors.
-
-    Returns the rows (name, Δmean/sd, sd ratio - 1) for reporting.
-    """
-    mcse_mean = az.mcse(idata, method="mean")
-    mcse_sd = az.mcse(idata, method="sd")
-    rows, failures = [], []
-    for name, r in reference["parameters"].items():
-        idx = (slice(None), slice(None)) + tuple(r["index"])
-        x = idata.posterior[r["site"]].values[idx]
-        m_se = float(mcse_mean[r["site"]].values[tuple(r["index"])])
-        s_se = float(mcse_sd[r["site"]].values[tuple(r["index"])])
-        tol_mean = z * np.hypot(m_se, r["sd"] / np.sqrt(N_REF))
-        tol_sd = z * np.hypot(s_se, r["sd"] / np.sqrt(2 * N_REF))
-        dm, ds = x.mean() - r["mean"], x.std(ddof=1) - r["sd"]
-        rows.append((name, dm / r["sd"], ds / r["sd"]))
-        if abs(dm) > tol_mean or abs(ds) > tol_sd:
-            failures.append(f"{name}: Δmean {dm:.4g} (tol {tol_mean:.3g}), Δsd {ds:.4g} (tol {tol_sd:.3g})")
-    return rows, failures
 
 
 @pytest.mark.parametrize(
