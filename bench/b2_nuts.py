@@ -8,11 +8,12 @@ with different seeds; the tables show medians.
     python bench/b2_nuts.py [--quick] [--reps N] [--targets logreg,eight_schools,gauss100]
 """
 
+# ruff: noqa: I001  (common must be imported first: it switches JAX to float64)
 from __future__ import annotations
 
 import time
 
-import common as C  # noqa: I001  (sets float64 first)
+import common as C  # first: it sets float64  # isort: skip
 import blackjax
 import jax
 import numpy as np
@@ -96,7 +97,7 @@ class NumpyroRunner:
             "grad_evals": warm_steps + int(np.asarray(extra["num_steps"]).sum()),
             "divergences": int(np.asarray(extra["diverging"]).sum()),
             "draws": {n: np.asarray(samples[n]) for n in t.latent},
-            "warnings": [str(w.message) for w in caught if "numpyro" in str(w.filename)],
+            "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
         }
 
 
@@ -199,7 +200,7 @@ def summarise(tool: str, results: list[dict], target: C.Target, t_grad: float) -
         "jit_s": C.median([r["jit_s"] for r in results]),
         "ess_bulk": C.median(bulk),
         "ess_tail": C.median(tail),
-        "ess_bulk_per_s": C.median([b / r["run_s"] for b, r in zip(bulk, results)]),
+        "ess_bulk_per_s": C.median([b / r["run_s"] for b, r in zip(bulk, results, strict=True)]),
         "grad_evals": grads,
         "grad_us": t_grad * 1e6,
         "overhead": run / (grads * t_grad),

@@ -64,6 +64,7 @@ __all__ = [
     "block",
     "CompileTimer",
     "capture_warnings",
+    "compact_warnings",
     "ess_min",
     "flatten",
     "get_target",
@@ -152,7 +153,6 @@ class CompileTimer:
 
     def __init__(self):
         self.intervals: list[tuple[float, float]] = []
-        self.seconds = 0.0
 
     @classmethod
     def _listener(cls, event, duration, **_):
@@ -161,15 +161,9 @@ class CompileTimer:
             for timer in cls._active:
                 timer.intervals.append((end - duration, end))
 
-    def __enter__(self):
-        if not CompileTimer._registered:
-            jax.monitoring.register_event_duration_secs_listener(CompileTimer._listener)
-            CompileTimer._registered = True
-        CompileTimer._active.append(self)
-        return self
-
-    def __exit__(self, *exc):
-        CompileTimer._active.remove(self)
+    @property
+    def seconds(self) -> float:
+        """Length of the union of the recorded intervals (so far)."""
         total, cur_start, cur_end = 0.0, None, None
         for s, e in sorted(self.intervals):
             if cur_end is None or s > cur_end:
@@ -180,7 +174,17 @@ class CompileTimer:
                 cur_end = max(cur_end, e)
         if cur_end is not None:
             total += cur_end - cur_start
-        self.seconds = total
+        return total
+
+    def __enter__(self):
+        if not CompileTimer._registered:
+            jax.monitoring.register_event_duration_secs_listener(CompileTimer._listener)
+            CompileTimer._registered = True
+        CompileTimer._active.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        CompileTimer._active.remove(self)
 
 
 @contextlib.contextmanager
@@ -199,6 +203,27 @@ def capture_warnings():
 def numerical_warnings(caught) -> list[str]:
     """Messages of the ``pp.NumericalWarning`` among ``caught``."""
     return [str(w.message) for w in caught if issubclass(w.category, pp.NumericalWarning)]
+
+
+def compact_warnings(messages: list[str]) -> list[str]:
+    """'label: method: status: text' messages -> one line per (label, status) with the count
+    and the first text (PSIS k-hat values listed)."""
+    import re
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for m in messages:
+        label, _, rest = m.partition(": ")
+        parts = rest.split(": ", 2)
+        status = parts[1] if len(parts) == 3 else rest[:40]
+        groups.setdefault((label, status), []).append(parts[-1])
+    out = []
+    for (label, status), texts in groups.items():
+        khats = [k for t in texts for k in re.findall(r"k-hat = ([0-9.]+)", t)]
+        if khats:
+            out.append(f"{label}: {status} x{len(texts)} (PSIS k-hat {', '.join(khats)})")
+        else:
+            out.append(f"{label}: {status} x{len(texts)}: {texts[0][:160]}")
+    return out
 
 
 # ----------------------------------------------------------------------------- targets
