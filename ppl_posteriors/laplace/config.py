@@ -27,7 +27,7 @@ import numpy as np
 from .._errors import Status
 from .._progress import timed_call
 from ..registry import MethodConfig, register_method
-from ..results.raw import RawPosterior
+from ..results.raw import KHAT_DRAWS, RawPosterior
 from .gaussian import DenseGaussian, laplace_log_evidence
 from .mode import find_map
 
@@ -84,12 +84,15 @@ class Laplace(MethodConfig):
         def fit(x0, key):
             res = find_map(ld.flat_logdensity_fn, x0, max_steps=self.max_steps, rtol=rtol, atol=atol)
             approx = DenseGaussian(res.position, res.precision, res.cholesky)
-            draws = approx.sample_flat(key, self.num_samples)
+            draws = approx.sample_flat(key, max(self.num_samples, KHAT_DRAWS))
             lp = jax.vmap(ld.posterior_logdensity_fn)(ld.unravel(draws))
             return res, approx, draws, lp, lp - approx.log_prob(draws)
 
         x0 = ld.ravel(ld.init_position)
         (res, approx, draws, lp, log_weight), compile_time, run_time = timed_call(fit, x0, rng_key)
+        khat_log_weights = log_weight
+        n = self.num_samples
+        draws, lp, log_weight = draws[:n], lp[:n], log_weight[:n]
         status, messages = _diagnose(res, ld, self.mode_tol, lp)
         info = {
             "messages": messages,
@@ -99,6 +102,7 @@ class Laplace(MethodConfig):
             "map_logdensity": float(res.logdensity),
             "newton_decrement": float(res.decrement),
             "log_evidence": float(laplace_log_evidence(res.logdensity, res.cholesky)),
+            "khat_log_weights": khat_log_weights,
         }
         position = ld.unravel(draws[None])
         stats = {"lp": lp[None], "log_weight": log_weight[None]}

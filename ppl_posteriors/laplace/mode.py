@@ -88,16 +88,25 @@ def find_map(
     )
     x = sol.value
 
-    def polish(_, x):
-        lp, _h, chol, step, _dec = _newton_state(f, x)
+    d = x.shape[0]
+    zeros = (jnp.zeros((), x.dtype), jnp.zeros((d, d), x.dtype), jnp.zeros((d, d), x.dtype),
+             jnp.zeros((d,), x.dtype), jnp.zeros((), x.dtype))
+
+    def polish(i, carry):
+        # the Hessian is traced once: iteration i evaluates the state at x and, unless it
+        # is the last one, takes the Newton step when it is safe
+        x, _ = carry
+        state = _newton_state(f, x)
+        lp, _h, chol, step, _dec = state
         x_new = x + step
         # accept unless the density drops by more than round-off
         slack = 100 * jnp.finfo(x.dtype).eps * (1 + jnp.abs(lp))
         ok = jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.isfinite(x_new)) & (f(x_new) >= lp - slack)
-        return jnp.where(ok, x_new, x)
+        return jnp.where(ok & (i < newton_steps), x_new, x), (x, state)
 
-    x = jax.lax.fori_loop(0, newton_steps, polish, x)
-    lp, h, chol, _step, dec = _newton_state(f, x)
+    _, (x, (lp, h, chol, _step, dec)) = jax.lax.fori_loop(
+        0, newton_steps + 1, polish, (x, (x, zeros))
+    )
     return MAPResult(
         position=x,
         logdensity=lp,

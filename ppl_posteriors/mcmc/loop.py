@@ -76,12 +76,22 @@ def run_chains(
             astates, stage, states.position, info.acceptance_rate
         )
 
-    def body(carry, xs):
-        states, astates, params, n_grad, n_div = carry
-        i, key, stage = xs
+    def draw(states, params, key):
         keys = jax.random.split(key, num_chains)
         states, info = step(keys, states, *params)
-        stats = stats_fn(states, info)
+        return states, info, stats_fn(states, info)
+
+    # post-warmup draws go into preallocated (draw, chain, ...) buffers in the carry,
+    # so warmup iterations are never stored
+    _, _, stats_shape = jax.eval_shape(draw, states, (astates.step_size, astates.inverse_mass_matrix), rng_key)
+    buffers = jax.tree.map(
+        lambda x: jnp.zeros((num_samples,) + x.shape, x.dtype), (states.position, stats_shape)
+    )
+
+    def body(carry, xs):
+        states, astates, params, n_grad, n_div, buffers = carry
+        i, key, stage = xs
+        states, info, stats = draw(states, params, key)
         warm = i < num_warmup
         astates = jax.lax.cond(warm, adapt, lambda a, *_: a, astates, stage, states, info)
         params = jax.lax.cond(
@@ -94,17 +104,20 @@ def run_chains(
         )
         n_grad = n_grad + jnp.where(warm, stats["n_steps"], 0)
         n_div = n_div + jnp.where(warm, stats["diverging"], 0)
+        slot = jnp.maximum(i - num_warmup, 0)  # warmup writes to slot 0, overwritten later
+        buffers = jax.tree.map(
+            lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, slot, 0), buffers, (states.position, stats)
+        )
         if progress is not None:
             progress.tick(i)
-        return (states, astates, params, n_grad, n_div), (states.position, stats)
+        return (states, astates, params, n_grad, n_div, buffers), None
 
     params = (astates.step_size, astates.inverse_mass_matrix)
     total = num_warmup + num_samples
     xs = (jnp.arange(total), jax.random.split(rng_key, total), schedule)
-    (_, _, (step_size, imm), n_grad, n_div), (positions, stats) = jax.lax.scan(
-        body, (states, astates, params, zeros, zeros), xs
-    )
-    keep = lambda x: jnp.swapaxes(x[num_warmup:], 0, 1)
+    carry = (states, astates, params, zeros, zeros, buffers)
+    (_, _, (step_size, imm), n_grad, n_div, (positions, stats)), _ = jax.lax.scan(body, carry, xs)
+    keep = lambda x: jnp.swapaxes(x, 0, 1)
     return ChainsResult(
         jax.tree.map(keep, positions),
         {k: keep(v) for k, v in stats.items()},

@@ -65,14 +65,14 @@ def _diagnose(raw: RawPosterior, posterior: dict, stats: dict):
     """Status and messages of ``raw`` plus two diagnostics computed with ArviZ.
 
     * PSIS k-hat of the importance weights p/q of an approximation's draws
-      (``sample_stats["log_weight"]``); above min(1 - 1/log10(S), 0.7) the
+      (``info["khat_log_weights"]``, else ``sample_stats["log_weight"]``); above min(1 - 1/log10(S), 0.7) the
       approximation is unreliable (Vehtari et al. 2024, JMLR 25(72); Yao et al.
       2018, "Yes, but did it work?").
     * Rank-normalised split R-hat and bulk ESS of MCMC draws; R-hat above 1.01
       means the chains disagree (Vehtari et al. 2021, Bayesian Analysis 16:667).
     """
     statuses, messages, attrs = [raw.status], list(raw.info.get("messages", [])), {}
-    lw = stats.get("log_weight")
+    lw = raw.info.get("khat_log_weights", stats.get("log_weight"))
     if lw is not None:
         lw = np.asarray(lw, dtype=np.float64).ravel()
         if np.all(np.isfinite(lw)) and lw.size >= 10:

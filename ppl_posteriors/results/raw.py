@@ -8,7 +8,11 @@ import jax
 
 from .._errors import Status
 
-__all__ = ["RawPosterior"]
+__all__ = ["KHAT_DRAWS", "RawPosterior"]
+
+# Laplace and VI draw at least this many points for the PSIS k-hat diagnostic, so that
+# its estimate (and the 0.7 threshold it is held to) does not depend on num_samples.
+KHAT_DRAWS = 4000
 
 
 class RawPosterior(NamedTuple):
@@ -27,6 +31,8 @@ class RawPosterior(NamedTuple):
     info : dict
         ``messages`` (list of str), ``grad_evals``, ``compile_time`` (s),
         ``run_time`` (s) and method-specific entries; scalars go to ``idata.attrs``.
+        ``khat_log_weights`` (Laplace, VI): log p - log q of >= KHAT_DRAWS draws of q,
+        for the PSIS k-hat diagnostic.
     """
 
     position: dict[str, jax.Array]
