@@ -130,12 +130,10 @@ def to_inference_data(
         The model, for the ``@pp.model`` coords and dims.
     method, config, wall_time
         Recorded in ``idata.attrs``.
-
     """
     meta = model_meta(model) if model is not None else None
-    constrained = _map_draws(log_density.constrain, raw.position)
+    posterior = _map_draws(log_density.constrain, raw.position)
     dims = {s.name: list(s.dims) for s in log_density.sites}
-    posterior = dict(constrained)
     log_lik, ll_dims = {}, {}
     if any(s.kind is SiteKind.OBSERVED for s in log_density.sites):
         log_lik = _map_draws(log_density.pointwise_loglik, raw.position)
@@ -145,14 +143,12 @@ def to_inference_data(
     coords = dict(meta.coords) if meta is not None else {}  # checked against shapes when traced
 
     stats = {k: np.asarray(v) for k, v in raw.sample_stats.items()}
-    info = dict(raw.info)
-    info.pop("messages", None)
     attrs = {
         "method": method,
         "config": json.dumps(config or {}, default=repr),
         "jacobian": int(log_density.jacobian),
         "num_parameters": log_density.dim,
-        **_scalar_attrs(info),
+        **_scalar_attrs(raw.info),
     }
     if wall_time is not None:
         attrs["wall_time"] = float(wall_time)

@@ -70,6 +70,8 @@ def plot_forest(results: dict, var_names, path, title: str = ""):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    first = next(iter(results.values()))
+    rows = sum(int(np.prod(first.posterior[v].shape[2:])) for v in var_names)  # scalars and elements
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         axes = az.plot_forest(
@@ -78,11 +80,12 @@ def plot_forest(results: dict, var_names, path, title: str = ""):
             var_names=list(var_names),
             combined=True,
             hdi_prob=0.94,
-            figsize=(7, 1.2 + 0.45 * sum(np.prod(r.posterior[v].shape[2:], dtype=int) for v in var_names for r in list(results.values())[:1]) * len(results) / 2),
+            figsize=(7, 1.2 + 0.22 * rows * len(results)),
         )
-    fig = np.ravel(axes)[0].figure
+    ax = np.ravel(axes)[0]
+    fig = ax.figure
     if title:
-        fig.suptitle(title)
+        ax.set_title(f"{title}\n94% HDI", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
