@@ -34,7 +34,7 @@ def test_centred_eight_schools_warns_about_divergences(eight_schools_data):
     assert idata.attrs["num_divergent"] == int(idata.sample_stats["diverging"].sum()) > 0
 
 
-def _within_mcse(idata, var, mean, sd, z=5.0):
+def _assert_within_mcse(idata, var, mean, sd, z=5.0):
     m_se = float(az.mcse(idata, var_names=[var], method="mean")[var])
     s_se = float(az.mcse(idata, var_names=[var], method="sd")[var])
     x = idata.posterior[var].values
@@ -56,9 +56,9 @@ def test_beta_bernoulli_and_gamma_poisson_analytic():
 
     idata = pp.infer(model, y, k, method="nuts", rng_key=jax.random.key(3))
     a, b = 2 + y.sum(), 2 + len(y) - y.sum()
-    _within_mcse(idata, "p", a / (a + b), np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1))))
+    _assert_within_mcse(idata, "p", a / (a + b), np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1))))
     shape, rate = 3.0 + k.sum(), 0.5 + len(k)
-    _within_mcse(idata, "lam", shape / rate, np.sqrt(shape) / rate)
+    _assert_within_mcse(idata, "lam", shape / rate, np.sqrt(shape) / rate)
 
 
 def test_sample_stats_and_grad_evals(eight_schools_data):
