@@ -48,23 +48,15 @@ def run_ours(target: C.Target, ld, cfg: dict, seed: int, num_particles: int = 1,
     method = pp.MeanFieldVI(
         num_steps=cfg["steps"], optimizer=optax.adam(1e-2), num_particles=num_particles, stl=stl, **extra
     )
-    with C.capture_warnings() as caught, C.CompileTimer() as ct:
-        t0 = time.perf_counter()
-        idata = pp.infer(target.model, *target.args, method=method, rng_key=seed, progress=False, **target.kwargs)
-        wall = time.perf_counter() - t0
-    a = idata.attrs
-    # 50,000 draws from the stored approximation, constrained with the model's transforms
-    unc = pp.sample_approximation(idata, seed + 777, cfg["draws"]).unconstrained_posterior
-    position = {n: np.asarray(unc[n].values[0]) for n, _ in ld.layout}
-    draws = jax.jit(jax.vmap(ld.constrain))(position)
-    flat, labels = C.flatten(draws, target.latent, 1)
+    r = C.run_pp_approximation(target, ld, method, seed, cfg["draws"])
+    a, caught = r["idata"].attrs, r["caught"]
     return {
         "compile_s": float(a["compile_time"]),
         "run_s": float(a["run_time"]),
-        "wall_s": wall,
-        "jit_s": ct.seconds,
-        "flat": flat,
-        "labels": labels,
+        "wall_s": r["wall_s"],
+        "jit_s": r["jit_s"],
+        "flat": r["flat"],
+        "labels": r["labels"],
         "flags": _flags(caught),
         "khat": float(a.get("psis_khat", np.nan)),
         "messages": C.numerical_warnings(caught),

@@ -37,24 +37,16 @@ def _flag(message: str) -> str:
 def run_ours(target: C.Target, ld, cfg: dict, seed: int) -> dict:
     """pp.Laplace() with its defaults (1000 draws in the call, used for PSIS k-hat); the
     error columns use 20,000 more draws from the stored approximation."""
-    with C.capture_warnings() as caught, C.CompileTimer() as ct:
-        t0 = time.perf_counter()
-        idata = pp.infer(target.model, *target.args, method=pp.Laplace(throw=False), rng_key=seed,
-                         progress=False, **target.kwargs)
-        wall = time.perf_counter() - t0
-    a = idata.attrs
-    unc = pp.sample_approximation(idata, seed + 777, cfg["draws"]).unconstrained_posterior
-    position = {n: np.asarray(unc[n].values[0]) for n, _ in ld.layout}
-    draws = jax.jit(jax.vmap(ld.constrain))(position)
-    flat, labels = C.flatten(draws, target.latent, 1)
+    r = C.run_pp_approximation(target, ld, pp.Laplace(throw=False), seed, cfg["draws"])
+    a, caught = r["idata"].attrs, r["caught"]
     msgs = C.numerical_warnings(caught)
     return {
         "compile_s": float(a["compile_time"]),
         "run_s": float(a["run_time"]),
-        "wall_s": wall,
-        "jit_s": ct.seconds,
-        "flat": flat,
-        "labels": labels,
+        "wall_s": r["wall_s"],
+        "jit_s": r["jit_s"],
+        "flat": r["flat"],
+        "labels": r["labels"],
         "status": str(a["status"]),
         "khat": float(a.get("psis_khat", np.nan)),
         "flags": [_flag(m) for m in msgs],

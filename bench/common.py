@@ -327,6 +327,28 @@ def flatten(draws: dict, names: list[str], sample_ndim: int) -> tuple[np.ndarray
     return np.concatenate(cols, axis=1), labels
 
 
+def run_pp_approximation(target: Target, ld, method, seed: int, num_draws: int) -> dict:
+    """One timed ``pp.infer`` call of a Laplace or VI ``method``, then ``num_draws`` more draws
+    from its stored approximation, constrained with the model's transforms.
+
+    Returns the idata, wall and jit seconds, the flat draws and their labels, and the
+    NumericalWarnings raised (``caught``).
+    """
+    import ppl_posteriors as pp
+
+    with capture_warnings() as caught, CompileTimer() as ct:
+        t0 = time.perf_counter()
+        idata = pp.infer(target.model, *target.args, method=method, rng_key=seed, progress=False,
+                         **target.kwargs)
+        wall = time.perf_counter() - t0
+    unc = pp.sample_approximation(idata, seed + 777, num_draws).unconstrained_posterior
+    position = {n: np.asarray(unc[n].values[0]) for n, _ in ld.layout}
+    draws = jax.jit(jax.vmap(ld.constrain))(position)
+    flat, labels = flatten(draws, target.latent, 1)
+    return {"idata": idata, "wall_s": wall, "jit_s": ct.seconds, "flat": flat, "labels": labels,
+            "caught": caught}
+
+
 def ess_min(draws: dict, names: list[str]) -> tuple[float, float]:
     """(min bulk ESS, min tail ESS) with ArviZ over every element of the sites ``names``;
     ``draws[name]`` has shape (chain, draw, ...)."""
