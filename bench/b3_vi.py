@@ -49,17 +49,9 @@ def run_ours(target: C.Target, ld, cfg: dict, seed: int, num_particles: int = 1,
         num_steps=cfg["steps"], optimizer=optax.adam(1e-2), num_particles=num_particles, stl=stl, **extra
     )
     r = C.run_pp_approximation(target, ld, method, seed, cfg["draws"])
-    a, caught = r["idata"].attrs, r["caught"]
     return {
-        "compile_s": float(a["compile_time"]),
-        "run_s": float(a["run_time"]),
-        "wall_s": r["wall_s"],
-        "jit_s": r["jit_s"],
-        "flat": r["flat"],
-        "labels": r["labels"],
-        "flags": _flags(caught),
-        "khat": float(a.get("psis_khat", np.nan)),
-        "messages": C.numerical_warnings(caught),
+        **r,
+        "flags": _flags(r["caught"]),
     }
 
 

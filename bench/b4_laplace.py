@@ -35,22 +35,14 @@ def _flag(message: str) -> str:
 
 
 def run_ours(target: C.Target, ld, cfg: dict, seed: int) -> dict:
-    """pp.Laplace() with its defaults (1000 draws in the call, used for PSIS k-hat); the
+    """pp.Laplace() with its defaults (1000 draws returned, PSIS k-hat from 4000); the
     error columns use 20,000 more draws from the stored approximation."""
     r = C.run_pp_approximation(target, ld, pp.Laplace(throw=False), seed, cfg["draws"])
-    a, caught = r["idata"].attrs, r["caught"]
-    msgs = C.numerical_warnings(caught)
+    a, msgs = r["idata"].attrs, r["messages"]
     return {
-        "compile_s": float(a["compile_time"]),
-        "run_s": float(a["run_time"]),
-        "wall_s": r["wall_s"],
-        "jit_s": r["jit_s"],
-        "flat": r["flat"],
-        "labels": r["labels"],
+        **r,
         "status": str(a["status"]),
-        "khat": float(a.get("psis_khat", np.nan)),
         "flags": [_flag(m) for m in msgs],
-        "messages": msgs,
         "info": f"{int(a['map_steps'])} BFGS steps, Newton decrement {float(a['newton_decrement']):.2g}",
     }
 

@@ -331,8 +331,8 @@ def run_pp_approximation(target: Target, ld, method, seed: int, num_draws: int) 
     """One timed ``pp.infer`` call of a Laplace or VI ``method``, then ``num_draws`` more draws
     from its stored approximation, constrained with the model's transforms.
 
-    Returns the idata, wall and jit seconds, the flat draws and their labels, and the
-    NumericalWarnings raised (``caught``).
+    Returns the table fields (compile/run/wall/jit seconds, flat draws and labels, PSIS
+    k-hat, NumericalWarning messages) plus the idata and the caught warnings.
     """
     import ppl_posteriors as pp
 
@@ -345,8 +345,11 @@ def run_pp_approximation(target: Target, ld, method, seed: int, num_draws: int) 
     position = {n: np.asarray(unc[n].values[0]) for n, _ in ld.layout}
     draws = jax.jit(jax.vmap(ld.constrain))(position)
     flat, labels = flatten(draws, target.latent, 1)
-    return {"idata": idata, "wall_s": wall, "jit_s": ct.seconds, "flat": flat, "labels": labels,
-            "caught": caught}
+    a = idata.attrs
+    return {"compile_s": float(a["compile_time"]), "run_s": float(a["run_time"]), "wall_s": wall,
+            "jit_s": ct.seconds, "flat": flat, "labels": labels,
+            "khat": float(a.get("psis_khat", np.nan)), "messages": numerical_warnings(caught),
+            "idata": idata, "caught": caught}
 
 
 def ess_min(draws: dict, names: list[str]) -> tuple[float, float]:
