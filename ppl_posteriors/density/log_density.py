@@ -28,7 +28,7 @@ import numpy as np
 from numpyro.distributions import Distribution, Independent
 
 from ..model.sites import Site, SiteKind
-from ..model.trace import from_constrained, from_unconstrained, replay, trace_model
+from ..model.trace import from_unconstrained, replay, trace_model, unconstrain_values
 
 __all__ = ["LogDensity", "ModelSplit", "build_log_density", "log_density"]
 
@@ -100,6 +100,8 @@ class LogDensity(NamedTuple):
         ``(site, unconstrained shape)`` in the order of the flat vector.
     jacobian : bool
         Whether ``logdensity_fn`` includes the log-Jacobian of the transforms.
+    site_terms_fn : callable or None
+        position -> ``{site: scalar term}``; use :meth:`site_terms`.
     """
 
     logdensity_fn: Callable[[Position], jax.Array]
@@ -112,6 +114,7 @@ class LogDensity(NamedTuple):
     sites: tuple[Site, ...]
     layout: tuple[tuple[str, tuple[int, ...]], ...]
     jacobian: bool
+    site_terms_fn: Callable[[Position], dict[str, jax.Array]] | None = None
 
     @property
     def dim(self) -> int:
@@ -151,6 +154,19 @@ class LogDensity(NamedTuple):
                 for idx in np.ndindex(*shape):
                     names.append(f"{name}[{','.join(map(str, idx))}]")
         return names
+
+    def site_terms(self, position: Position) -> dict[str, jax.Array]:
+        """Each site's scalar contribution to ``logdensity_fn(position)``.
+
+        ``{site: term}`` for every latent, observed and factor site, in program
+        order: the site's summed log density times its ``numpyro.handlers.scale``,
+        plus (latent sites, when ``jacobian=True``) its scaled log-Jacobian, so the
+        terms sum to ``logdensity_fn(position)``. Pure and jittable; used to name the
+        site whose term is not finite.
+        """
+        if self.site_terms_fn is None:
+            raise ValueError("this LogDensity was built without site_terms_fn; use build_log_density")
+        return self.site_terms_fn(position)
 
     def site(self, name: str) -> Site:
         for s in self.sites:
@@ -222,10 +238,19 @@ def build_log_density(model, args: tuple = (), kwargs: dict | None = None, *, ja
             if rec.kind in (SiteKind.LATENT, SiteKind.DETERMINISTIC)
         }
 
+    def site_terms(position):
+        terms = {}
+        for name, rec in run(position).items():
+            if rec.kind is SiteKind.DETERMINISTIC:
+                continue
+            term = _scaled(jnp.sum(rec.fn.log_prob(rec.value)), rec.scale)
+            if jacobian and rec.kind is SiteKind.LATENT:
+                term = term + _scaled(rec.log_det, rec.scale)
+            terms[name] = term
+        return terms
+
     def unconstrain(values):
-        out: dict[str, Any] = {}
-        replay(model, args, kwargs, from_constrained(values, out))
-        return out
+        return unconstrain_values(model, args, kwargs, values)
 
     def pointwise_loglik(position):
         recs = run(position)
@@ -249,6 +274,7 @@ def build_log_density(model, args: tuple = (), kwargs: dict | None = None, *, ja
         sites=tr.sites,
         layout=layout,
         jacobian=jacobian,
+        site_terms_fn=site_terms,
     )
 
 

@@ -6,11 +6,14 @@ Two entry points:
   :class:`~ppl_posteriors.model.sites.Site` records (structural errors raise
   :class:`~ppl_posteriors.ModelError` here, naming the site and the fix);
 * :func:`replay` runs the model with every latent site substituted, either from
-  an unconstrained position (the transform to the support, and its log-Jacobian,
-  are taken at run time from the site's own distribution, so supports that
-  depend on other parameters are handled) or from constrained values. It returns
-  one :class:`SiteRecord` per site; :mod:`ppl_posteriors.density` builds every
-  pure function of the position on top of it.
+  an unconstrained position (the transform to the support is taken at run time
+  from the site's own distribution, so supports that depend on other parameters
+  are handled, and the log-Jacobian is taken after the run from each site's final,
+  scan-stacked message, so every step of a ``numpyro.contrib.control_flow.scan``
+  counts, as in NumPyro's ``potential_energy``) or from constrained values. It
+  returns one :class:`SiteRecord` per site; :mod:`ppl_posteriors.density` builds
+  every pure function of the position on top of it. No handler writes to Python
+  state from inside the model, so nothing leaks out of a ``lax.scan`` body.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "from_unconstrained",
     "replay",
     "trace_model",
+    "unconstrain_values",
 ]
 
 
@@ -70,9 +74,19 @@ class ModelTrace(NamedTuple):
     observed: dict[str, np.ndarray]
 
 
-# A latent handler receives (site name, distribution) and returns
-# (constrained value, log-det-Jacobian), or raises.
-LatentHandler = Callable[[str, Distribution], tuple[Any, Any]]
+class LatentHandler(NamedTuple):
+    """How :func:`replay` sets latent sites.
+
+    ``value(name, fn, index)`` returns the constrained value of latent site ``name``
+    with distribution ``fn`` (inside ``numpyro.contrib.control_flow.scan``, ``fn`` is
+    one step's distribution and ``index`` the traced step number, else None).
+    ``position`` is the unconstrained position the values come from (None when the
+    values are given constrained); with it, :func:`replay` takes each site's
+    log-Jacobian after the run, from the whole (scan-stacked) site.
+    """
+
+    value: Callable[[str, Distribution, Any], Any]
+    position: dict[str, Any] | None = None
 
 
 def _transform(name: str, fn: Distribution):
@@ -83,9 +97,11 @@ def _transform(name: str, fn: Distribution):
     except NotImplementedError:  # e.g. constraints.dependent: decided below by biject_to
         discrete = False
     if discrete:
+        base = _base_dist(fn)
+        wrapped = "" if base is fn else f" (wrapped in {_wrappers(fn)})"
         raise ModelError(
-            f"latent site {name!r} has the discrete distribution {type(fn).__name__} "
-            f"(support {support}); discrete latent sites need enumeration, which is not "
+            f"latent site {name!r} has the discrete distribution {type(base).__name__}{wrapped}, "
+            f"support {support}; discrete latent sites need enumeration, which is not "
             "supported yet. Marginalise it out by hand (e.g. a mixture with "
             "dist.MixtureSameFamily or a numpyro.factor with logsumexp), or observe it."
         )
@@ -100,6 +116,21 @@ def _transform(name: str, fn: Distribution):
         ) from e
 
 
+def _base_dist(fn: Distribution) -> Distribution:
+    """The distribution inside Masked / Independent / Expanded wrappers."""
+    while hasattr(fn, "base_dist") and not isinstance(fn, Unit):
+        fn = fn.base_dist
+    return fn
+
+
+def _wrappers(fn: Distribution) -> str:
+    names = []
+    while hasattr(fn, "base_dist") and not isinstance(fn, Unit):
+        names.append(type(fn).__name__)
+        fn = fn.base_dist
+    return " > ".join(names)
+
+
 def _log_det(t, z, x, fn: Distribution):
     """Scalar log |det J| of ``t`` at ``z`` for a site with distribution ``fn``."""
     ld = t.log_abs_det_jacobian(z, x)
@@ -107,47 +138,62 @@ def _log_det(t, z, x, fn: Distribution):
     return jnp.sum(ld)
 
 
+def _step_slice(name, fn, t, z, index):
+    """Inside a scan body, the step ``index`` of the stacked unconstrained value ``z``."""
+    if index is None:
+        return z
+    expected = len(fn.shape()) - (t.codomain.event_dim - t.domain.event_dim)
+    if jnp.ndim(z) == expected + 1:
+        return z[index]
+    if jnp.ndim(z) == expected:
+        return z
+    raise ModelError(
+        f"latent site {name!r} inside numpyro.contrib.control_flow.scan: its unconstrained "
+        f"value has {jnp.ndim(z)} axes where one step needs {expected} (or {expected + 1} "
+        "with the time axis). Nested scans and scans over latent sites whose shape changes "
+        "between steps are not supported; write the inner loop with a plate or jnp ops."
+    )
+
+
 def from_unconstrained(position: dict[str, Any]) -> LatentHandler:
     """Latent handler that maps ``position[name]`` through the site's support transform."""
 
-    def handle(name, fn):
+    def value(name, fn, index):
         t = _transform(name, fn)
-        z = position[name]
-        x = t(z)
-        return x, _log_det(t, z, x, fn)
+        if name not in position:
+            raise ModelError(
+                f"latent site {name!r} has no value in the position (sites: {sorted(position)}); "
+                "the model's latent sites changed between calls. Sites must not depend on "
+                "the values of other sites (no data-dependent control flow in Python)."
+            )
+        return t(_step_slice(name, fn, t, position[name], index))
 
-    return handle
-
-
-def from_constrained(values: dict[str, Any], out: dict[str, Any]) -> LatentHandler:
-    """Latent handler that keeps ``values[name]`` and writes its preimage into ``out[name]``."""
-
-    def handle(name, fn):
-        t = _transform(name, fn)
-        x = values[name]
-        out[name] = t.inv(x)
-        return x, 0.0
-
-    return handle
+    return LatentHandler(value, position)
 
 
-def _substitute_fn(handler: LatentHandler, log_dets: dict):
+def from_constrained(values: dict[str, Any]) -> LatentHandler:
+    """Latent handler that keeps ``values[name]`` (scan steps are sliced by NumPyro)."""
+
+    def value(name, fn, index):
+        return values[name]
+
+    return LatentHandler(value, None)
+
+
+def _substitute_fn(handler: LatentHandler):
     def sub(msg):
         if msg["type"] != "sample" or msg["is_observed"]:
             return None
-        value, log_det = handler(msg["name"], msg["fn"])
-        log_dets[msg["name"]] = log_det
-        return value
+        index = msg.get("infer", {}).get("_scan_current_index")
+        return handler.value(msg["name"], msg["fn"], index)
 
     return sub
 
 
 def _run(model, args, kwargs, handler: LatentHandler):
-    log_dets: dict[str, Any] = {}
     seeded = handlers.seed(model, rng_seed=0)
-    substituted = handlers.substitute(seeded, substitute_fn=_substitute_fn(handler, log_dets))
-    tr = handlers.trace(substituted).get_trace(*args, **kwargs)
-    return tr, log_dets
+    substituted = handlers.substitute(seeded, substitute_fn=_substitute_fn(handler))
+    return handlers.trace(substituted).get_trace(*args, **kwargs)
 
 
 def _kind(msg) -> SiteKind | None:
@@ -157,28 +203,48 @@ def _kind(msg) -> SiteKind | None:
         return None
     if not msg["is_observed"]:
         return SiteKind.LATENT
-    fn = msg["fn"]
-    while hasattr(fn, "base_dist") and not isinstance(fn, Unit):
-        fn = fn.base_dist
-    return SiteKind.FACTOR if isinstance(fn, Unit) else SiteKind.OBSERVED
+    return SiteKind.FACTOR if isinstance(_base_dist(msg["fn"]), Unit) else SiteKind.OBSERVED
+
+
+def _site_log_det(name, msg, z):
+    """log |det ∂x/∂z| of a whole latent site (every step of a scan) from its final message."""
+    fn, x = msg["fn"], msg["value"]
+    t = _transform(name, fn)
+    z = jnp.reshape(z, t.inverse_shape(jnp.shape(x)))  # scan may insert singleton batch axes
+    return _log_det(t, z, x, fn)
 
 
 def replay(model, args, kwargs, handler: LatentHandler) -> dict[str, SiteRecord]:
     """Run the model with every latent site's value given by ``handler``.
 
     Pure in the values the handler returns, so it traces under ``jit``, ``grad``
-    and ``vmap``. Returns ``{site name: SiteRecord}`` in program order.
+    and ``vmap``; latent sites inside ``numpyro.contrib.control_flow.scan`` are
+    set step by step and come back stacked along the time axis, and their
+    log-Jacobian sums over every step. Returns ``{site name: SiteRecord}`` in
+    program order.
     """
-    tr, log_dets = _run(model, args, kwargs, handler)
+    tr = _run(model, args, kwargs, handler)
     out = {}
     for name, msg in tr.items():
         kind = _kind(msg)
         if kind is None:
             continue
         fn = None if kind is SiteKind.DETERMINISTIC else msg["fn"]
-        scale = msg.get("scale")
-        out[name] = SiteRecord(kind, msg["value"], fn, scale, log_dets.get(name, 0.0))
+        log_det = 0.0
+        if kind is SiteKind.LATENT and handler.position is not None:
+            log_det = _site_log_det(name, msg, handler.position[name])
+        out[name] = SiteRecord(kind, msg["value"], fn, msg.get("scale"), log_det)
     return out
+
+
+def unconstrain_values(model, args, kwargs, values: dict[str, Any]) -> dict[str, Any]:
+    """``{latent site: constrained value}`` -> the unconstrained position (scan-stacked sites too)."""
+    tr = _run(model, args, kwargs, from_constrained(values))
+    return {
+        name: _transform(name, msg["fn"]).inv(msg["value"])
+        for name, msg in tr.items()
+        if _kind(msg) is SiteKind.LATENT
+    }
 
 
 def _dims(name, shape, event_dim, frames, override) -> tuple[str, ...]:
@@ -208,11 +274,9 @@ def _check_coords(name, shape, dims, coords) -> None:
             )
 
 
-def _zeros(name, fn):
+def _zeros(name, fn, index):
     t = _transform(name, fn)
-    z = jnp.zeros(t.inverse_shape(fn.shape()), dtype=jnp.result_type(float))
-    x = t(z)
-    return x, _log_det(t, z, x, fn)
+    return t(jnp.zeros(t.inverse_shape(fn.shape()), dtype=jnp.result_type(float)))
 
 
 def trace_model(model, args: tuple, kwargs: dict) -> ModelTrace:
@@ -234,7 +298,7 @@ def trace_model(model, args: tuple, kwargs: dict) -> ModelTrace:
         raise ModelError(f"the model must be a callable NumPyro model function, got {type(model).__name__}")
     name = getattr(model, "__name__", repr(model))
     try:
-        tr, _ = _run(model, args, kwargs, _zeros)
+        tr = _run(model, args, kwargs, LatentHandler(_zeros))
     except (ModelError, ConfigError):
         raise
     except Exception as e:
