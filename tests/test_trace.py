@@ -56,6 +56,17 @@ def test_discrete_latent_site_raises():
         trace_model(m, (), {})
 
 
+@pytest.mark.parametrize(
+    "wrap", [lambda d: d.mask(False), lambda d: d.expand([3]).to_event(1), lambda d: d.expand([2]).mask(True)]
+)
+def test_wrapped_discrete_latent_names_the_base_distribution(wrap):
+    def m():
+        numpyro.sample("k", wrap(dist.Poisson(3.0)))
+
+    with pytest.raises(pp.ModelError, match=r"'k' has the discrete distribution Poisson \(wrapped in"):
+        trace_model(m, (), {})
+
+
 def test_nan_in_observed_data_raises():
     def m(y):
         mu = numpyro.sample("mu", dist.Normal())
