@@ -1,8 +1,8 @@
-"""Sessions: tests (default CI run), lint, demo, notebooks, reference (slow tier)."""
+"""Sessions: tests and multidevice (CI), lint, demo, notebooks, reference (slow tier)."""
 
 import nox
 
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["tests", "multidevice"]
 nox.options.default_venv_backend = "venv"
 
 
@@ -11,6 +11,17 @@ def tests(session):
     """Default test run (< 15 min on 2 cores): every tier but the slow reference suite."""
     session.install("-e", ".[test]")
     session.run("pytest", "-q", "-n", "2", "--durations=15", *session.posargs)
+
+
+@nox.session
+def multidevice(session):
+    """Sharding over 4 simulated host devices and a two-process (multi-host) run, in
+    their own processes so that the default run stays single-device."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest", "-q", "-p", "no:xdist", "tests/multidevice", *session.posargs,
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
 
 
 @nox.session

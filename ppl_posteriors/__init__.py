@@ -11,8 +11,10 @@ from .density import LogDensity, ModelSplit
 from .laplace import Laplace
 from .mcmc import NUTS
 from .model import Site, SiteKind, model
+from .model.args import static
 from .registry import MethodConfig, methods, register_method
 from .results import RawPosterior, sample_approximation
+from .runtime import cache_info, clear_cache, make_mesh, set_compilation_cache
 from .vi import MeanFieldVI
 
 __version__ = "0.1.0"
@@ -40,4 +42,9 @@ __all__ = [
     "datasets",
     "examples",
     "sample_approximation",
+    "cache_info",
+    "clear_cache",
+    "make_mesh",
+    "set_compilation_cache",
+    "static",
 ]

@@ -5,17 +5,37 @@ body calls back to it through ``jax.debug.callback`` every ``total // 50`` steps
 (a ``lax.cond`` on an unbatched counter, so a few microseconds per step and one
 call per step for all vmapped chains together). A disabled bar compiles no
 callback at all. ``PPL_POSTERIORS_PROGRESS=0`` disables every bar.
+
+A compiled program keeps its :class:`Progress` object (the runtime caches them
+together); every ``with bar:`` opens a new bar, so cached programs show one bar
+per run. Only process 0 of a multi-process run shows it. Where stderr is not a
+terminal and not a notebook (CI, a log file, ``nohup``), a few plain lines replace
+the bar (at 0, 25, 50, 75 and 100 %), so logs are not flooded with carriage
+returns; ``PPL_POSTERIORS_PROGRESS=plain`` forces them.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Progress", "progress_enabled", "timed_call"]
+__all__ = ["Progress", "as_key", "progress_enabled"]
+
+
+def _style() -> str:
+    """"bar" in a terminal or notebook, "plain" lines otherwise."""
+    if os.environ.get("PPL_POSTERIORS_PROGRESS", "").strip().lower() == "plain":
+        return "plain"
+    if "ipykernel" in sys.modules:
+        return "bar"
+    try:
+        return "bar" if sys.stderr.isatty() else "plain"
+    except (AttributeError, ValueError):
+        return "plain"
 
 
 def progress_enabled(progress: bool) -> bool:
@@ -34,9 +54,15 @@ class Progress:
         self.enabled = progress_enabled(enabled) and self.total > 0
         self.every = max(1, self.total // 50)
         self._bar = None
+        self._plain = None  # (t0, next quarter) while a plain-lines run is open
 
     def __enter__(self):
-        if self.enabled:
+        if not self.enabled or jax.process_index() != 0:
+            return self
+        if _style() == "plain":
+            self._plain = [time.perf_counter(), 1]
+            print(f"{self.desc}: {self.total} steps ({self._phase_text()})", file=sys.stderr, flush=True)
+        else:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.total, desc=self._label(0), unit="step", leave=True)
@@ -46,6 +72,10 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._plain = None
+
+    def _phase_text(self) -> str:
+        return ", ".join(f"{label} {n}" for label, n in self.phases)
 
     def _label(self, done: int) -> str:
         start = 0
@@ -56,10 +86,20 @@ class Progress:
         return f"{self.desc} {self.phases[-1][0]}" if self.phases else self.desc
 
     def _update(self, i) -> None:
+        done = int(i) + 1
+        if self._plain is not None:
+            t0, quarter = self._plain
+            if done * 4 >= quarter * self.total:
+                while quarter <= 4 and done * 4 >= quarter * self.total:
+                    quarter += 1
+                self._plain[1] = quarter
+                pct = 100 * done // self.total
+                print(f"{self.desc}: {done}/{self.total} ({pct}%, {self._label(done - 1)}) "
+                      f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            return
         bar = self._bar
         if bar is None:
             return
-        done = int(i) + 1
         bar.set_description(self._label(done - 1), refresh=False)
         bar.update(done - bar.n)
 
@@ -73,22 +113,6 @@ class Progress:
             jax.debug.callback(self._update, i)
 
         jax.lax.cond(((i + 1) % self.every == 0) | (i == last), report, lambda i: None, i)
-
-
-def timed_call(fn, *args):
-    """Compile ``jax.jit(fn)`` for ``args``, run it, and time both phases.
-
-    Returns
-    -------
-    (output, compile_seconds, run_seconds)
-    """
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    t1 = time.perf_counter()
-    out = compiled(*args)
-    out = jax.block_until_ready(out)
-    t2 = time.perf_counter()
-    return out, t1 - t0, t2 - t1
 
 
 def as_key(rng_key) -> jax.Array:

@@ -7,15 +7,16 @@ import warnings
 
 from ._errors import NumericalError, NumericalWarning, Status
 from ._progress import as_key
-from .density import build_log_density
-from .density.log_density import log_density
+from .density import log_density, model_template
 from .registry import resolve_method
 from .results.arviz import to_inference_data
+from .runtime import Runtime
+from .runtime.programs import constrained_draws
 
 __all__ = ["infer", "log_density"]
 
 
-def infer(model, *args, method, rng_key=None, progress: bool = True, **kwargs):
+def infer(model, *args, method, rng_key=None, progress: bool = True, mesh=None, **kwargs):
     """Approximate the posterior of a NumPyro model with any registered method.
 
     Parameters
@@ -24,8 +25,11 @@ def infer(model, *args, method, rng_key=None, progress: bool = True, **kwargs):
         A NumPyro model function (``@pp.model`` optional).
     *args, **kwargs
         The model's own arguments, exactly as for ``numpyro.infer.MCMC.run``.
-        The keywords ``method``, ``rng_key`` and ``progress`` belong to ``infer``
-        and are never passed to the model.
+        The keywords ``method``, ``rng_key``, ``progress`` and ``mesh`` belong to
+        ``infer`` and are never passed to the model. Array leaves (numpy / JAX
+        arrays, numpy scalars) are arguments of the compiled program: new values of
+        the same shapes reuse it. Other leaves (Python numbers, strings, None,
+        functions, ``pp.static(x)``) are static: part of the compile-cache key.
     method : str or MethodConfig
         A registered name (``pp.methods()`` lists them: ``"nuts"``, ``"laplace"``,
         ``"meanfield_vi"``, ...) meaning that method with default options, or a
@@ -34,7 +38,10 @@ def infer(model, *args, method, rng_key=None, progress: bool = True, **kwargs):
         Random key; None means ``jax.random.key(0)`` (reproducible by default).
     progress : bool, default True
         Show progress bars (also off when the environment variable
-        ``PPL_POSTERIORS_PROGRESS=0``).
+        ``PPL_POSTERIORS_PROGRESS=0``; plain lines where stderr is no terminal).
+    mesh : jax.sharding.Mesh, optional
+        Devices to run on (``pp.make_mesh(chain=k, data=m)``): chains / restarts split
+        along ``"chain"``, observed data along their plate along ``"data"``.
 
     Returns
     -------
@@ -60,11 +67,15 @@ def infer(model, *args, method, rng_key=None, progress: bool = True, **kwargs):
     key = as_key(rng_key)
     jacobian = getattr(config, "jacobian", True)
     t0 = time.perf_counter()
-    ld = build_log_density(model, args, kwargs, jacobian=jacobian)
-    raw = config.run(key, ld, progress=progress)
+    template, arrays = model_template(model, args, kwargs, jacobian)
+    rt = Runtime(template, arrays, config, progress=progress, mesh=mesh)
+    raw = config.run(key, rt)
+    draws = constrained_draws(rt, raw.position)
     wall = time.perf_counter() - t0
+    raw.info.update(rt.timing())
     idata = to_inference_data(
-        raw, ld, model=model, method=config.method_name, config=config.to_dict(), wall_time=wall
+        raw, rt.log_density, model=model, method=config.method_name, config=config.to_dict(),
+        wall_time=wall, draws=draws,
     )
     _report(idata, config)
     return idata

@@ -45,15 +45,24 @@ class _ConfigMeta(abc.ABCMeta):
 class MethodConfig(metaclass=_ConfigMeta):
     """Base class of method configs (frozen dataclasses).
 
-    Subclasses implement ``run(rng_key, log_density, *, progress) -> RawPosterior``
-    and validate their options in ``__post_init__`` (raising ConfigError).
+    Subclasses implement ``run(rng_key, rt) -> RawPosterior``, where ``rt`` is a
+    :class:`ppl_posteriors.runtime.Runtime`: its ``rt.call(tag, fn, *args)`` runs a
+    pure ``fn(log_density, ctx, *args)`` compiled once per (model, config, static
+    arguments, shapes) with the data as jit arguments, and ``rt.log_density`` gives
+    the metadata (layout, sites). Options are validated in ``__post_init__``
+    (raising ConfigError); configs must be hashable (they key the compile cache).
     """
 
     method_name: ClassVar[str] = ""
 
+    @property
+    def num_parallel(self) -> int | None:
+        """Independent chains or restarts that a mesh's ``"chain"`` axis can split (None: none)."""
+        return None
+
     @abc.abstractmethod
-    def run(self, rng_key, log_density, *, progress: bool = True):
-        """Run the method on ``log_density``; returns a RawPosterior."""
+    def run(self, rng_key, rt):
+        """Run the method through the runtime ``rt``; returns a RawPosterior."""
 
     def to_dict(self) -> dict[str, Any]:
         """The options as JSON-safe values (objects such as optax optimisers as their repr)."""

@@ -13,6 +13,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from reference import posteriordb_dir  # noqa: E402
 
+# tests/multidevice needs 4 devices (nox -s multidevice sets XLA_FLAGS before JAX starts);
+# the default single-device run does not collect it
+collect_ignore = ["multidevice"] if jax.device_count() < 4 else []
+
 
 @pytest.fixture(scope="session")
 def pdb():

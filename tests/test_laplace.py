@@ -1,11 +1,14 @@
 """Laplace: exact on Gaussian targets, failures are loud."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from numpyro.distributions import constraints
 
 import ppl_posteriors as pp
 
@@ -38,6 +41,9 @@ def test_exact_on_gaussian_target():
     # the normalised Gaussian has evidence exactly 1
     assert abs(idata.attrs["log_evidence"]) < 1e-8
     assert idata.attrs["status"] == "success" and idata.attrs["newton_decrement"] < 1e-6
+    # every start finds the one mode
+    assert idata.attrs["num_starts"] == 4
+    assert idata.attrs["map_starts_converged"] == 4 and idata.attrs["map_starts_at_mode"] == 4
 
 
 def test_conjugate_linear_regression_exact():
@@ -79,22 +85,166 @@ def test_jacobian_false_finds_the_constrained_mode():
     assert with_j.attrs["jacobian"] == 1 and without.attrs["jacobian"] == 0
 
 
-def test_indefinite_hessian_raises():
-    """A symmetric bimodal target started at its central minimum: no Gaussian exists there."""
+def _bimodal(c=3.0):
+    """A symmetric bimodal target whose origin is a stationary point with negative curvature."""
 
     def m():
         x = numpyro.sample("x", dist.Normal(0.0, 10.0))
-        numpyro.factor("modes", jnp.logaddexp(-0.5 * (x - 3) ** 2, -0.5 * (x + 3) ** 2))
+        numpyro.factor("modes", jnp.logaddexp(-0.5 * (x - c) ** 2, -0.5 * (x + c) ** 2))
 
-    with pytest.raises(pp.NumericalError, match="not positive definite") as e:
-        pp.infer(m, method="laplace")
+    return m
+
+
+def test_starts_are_random_draws_not_the_origin():
+    """Stan-style uniform(-2, 2) starts, a new set per key; init_radius=0 is the origin."""
+    from ppl_posteriors.density import model_template
+    from ppl_posteriors.runtime import Runtime
+
+    cfg = pp.Laplace(num_starts=5, num_samples=10, throw=False)
+    rt = Runtime(*model_template(_bimodal(), (), {}), cfg)
+    starts = cfg.run(jax.random.key(0), rt).info["map_starts"]
+    assert starts.shape == (5, 1) and np.all(np.abs(starts) < 2) and np.all(starts != 0)
+    assert len(np.unique(starts)) == 5
+    other = cfg.run(jax.random.key(1), rt).info["map_starts"]
+    assert not np.allclose(starts, other)
+    # the origin of this target is a stationary point (the old single start stopped there)
+    with pytest.warns(pp.NumericalWarning, match="PSIS k-hat"):  # one Gaussian for two modes
+        idata = pp.infer(_bimodal(), method="laplace")
+    np.testing.assert_allclose(np.abs(idata.approximation["mean"].values), 3.0 * 100 / 101, rtol=1e-6)
+    assert idata.attrs["status"] == "poor_approximation" and idata.attrs["map_starts_converged"] == 4
+
+
+def test_saddle_at_a_stationary_point_is_indefinite_curvature():
+    """Started exactly at the bimodal target's central stationary point (gradient exactly 0)."""
+    m = _bimodal()
+    with pytest.raises(pp.NumericalError, match="not positive definite.*saddle.*'x'") as e:
+        pp.infer(m, method=pp.Laplace(init_radius=0.0))
     assert e.value.status is pp.Status.INDEFINITE_CURVATURE
     assert e.value.idata.attrs["status"] == "indefinite_curvature"
+    assert e.value.idata.attrs["map_max_abs_grad"] < 1e-12
     # throw=False keeps the result, status recorded, draws not silently collapsed to the MAP
     with pytest.warns(pp.NumericalWarning, match="indefinite_curvature"):
-        idata = pp.infer(m, method=pp.Laplace(throw=False))
+        idata = pp.infer(m, method=pp.Laplace(throw=False, init_radius=0.0))
     assert idata.attrs["status"] == "indefinite_curvature"
     assert np.all(np.isnan(idata.posterior["x"].values))
+
+
+def test_flat_direction_is_indefinite_curvature_naming_the_site():
+    """An improper flat site that nothing depends on: zero curvature everywhere, zero gradient."""
+
+    def m(y=None):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        numpyro.sample("u", dist.ImproperUniform(constraints.real, (), ()))
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    with pytest.raises(pp.NumericalError, match="flat along 'u'") as e:
+        pp.infer(m, y=1.0, method="laplace")
+    assert e.value.status is pp.Status.INDEFINITE_CURVATURE
+    attrs = e.value.idata.attrs
+    assert attrs["map_starts_converged"] == 4 and attrs["map_max_abs_grad"] < 1e-8
+
+
+class _NormLogDensity(dist.Distribution):
+    """log p(x) = -|x|^2 / 2 written with jnp.linalg.norm, whose gradient is NaN at x = 0."""
+
+    support = constraints.real_vector
+
+    def __init__(self, dim):
+        super().__init__(event_shape=(dim,))
+
+    def log_prob(self, value):
+        return -0.5 * jnp.linalg.norm(value, axis=-1) ** 2
+
+    def sample(self, key, sample_shape=()):
+        return jax.random.normal(key, sample_shape + self.event_shape)
+
+
+def test_custom_distribution_with_nan_gradient_at_the_origin():
+    """Old behaviour: the single start at the origin gave "indefinite curvature, eigenvalue nan"."""
+    y = np.array([1.0, 2.0])
+
+    def m(y=None):
+        x = numpyro.sample("x", _NormLogDensity(2))
+        numpyro.sample("y", dist.Normal(x, 1.0).to_event(1), obs=y)
+
+    ld = pp.log_density(m, y=y)
+    assert not np.all(np.isfinite(jax.grad(ld.logdensity_fn)(ld.init_position)["x"]))
+    idata = pp.infer(m, y=y, method="laplace")
+    assert idata.attrs["status"] == "success"
+    np.testing.assert_allclose(idata.approximation["mean"].values, y / 2, rtol=1e-8)
+    np.testing.assert_allclose(idata.approximation["precision"].values, 2 * np.eye(2), rtol=1e-8, atol=1e-12)
+
+
+def test_non_finite_term_or_gradient_names_the_site():
+    def nan_term():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        numpyro.factor("broken", jnp.log(-1.0 - x**2))  # NaN for every x
+
+    with pytest.raises(pp.NumericalError, match="no starting point.*term of 'broken' = nan") as e:
+        pp.infer(nan_term, method="laplace")
+    assert e.value.status is pp.Status.NON_FINITE
+    assert e.value.idata.attrs["map_starts_finite"] == 0
+
+    def nan_gradient():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        # the value is 0, but the unused branch puts 0 * NaN into the gradient
+        numpyro.factor("kink", jnp.where(x > -100.0, 0.0, jnp.sqrt(-1.0 - x**2)))
+
+    with pytest.raises(pp.NumericalError, match="gradient with respect to 'x' is not finite") as e:
+        pp.infer(nan_gradient, method="laplace")
+    assert e.value.status is pp.Status.NON_FINITE
+
+
+def test_site_terms_sum_to_the_log_density(eight_schools_data):
+    from ppl_posteriors.examples import eight_schools_noncentered
+
+    d = eight_schools_data
+    for jacobian in (True, False):
+        ld = pp.log_density(eight_schools_noncentered, d["sigma"], y=d["y"], jacobian=jacobian)
+        pos = ld.unravel(jnp.linspace(-1.0, 1.0, ld.dim))
+        terms = ld.site_terms(pos)
+        assert set(terms) == {"mu", "tau", "theta_z", "y"}
+        np.testing.assert_allclose(sum(terms.values()), ld.logdensity_fn(pos), rtol=1e-12)
+
+
+# UC Berkeley admissions 1973 (McElreath, rethinking::UCBadmit): dept A-F x (male, female)
+UCB_APPLICATIONS = np.array([825, 108, 560, 25, 325, 593, 417, 375, 191, 393, 373, 341])
+UCB_ADMIT = np.array([512, 89, 353, 17, 120, 202, 138, 131, 53, 94, 22, 24])
+UCB_MALE = np.array([1, 0] * 6)
+UCB_DEPT = np.repeat(np.arange(6), 2)
+
+
+def ucb_glmm(dept, male, applications, admit=None):
+    """Binomial GLMM: non-centred varying intercepts and slopes by department, LKJ correlation."""
+    a = numpyro.sample("a", dist.Normal(0.0, 1.5))
+    b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+    sigma = numpyro.sample("sigma", dist.Exponential(1.0).expand([2]).to_event(1))
+    L = numpyro.sample("L", dist.LKJCholesky(2, 2.0))
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([6, 2]).to_event(2))
+    v = (sigma[:, None] * (L @ z.T)).T
+    logit = a + v[dept, 0] + (b + v[dept, 1]) * male
+    numpyro.sample("admit", dist.Binomial(applications, logits=logit), obs=admit)
+
+
+def test_multistart_finds_the_glmm_mode():
+    """At the origin every logit is 0, where numpyro's Binomial(logits) gradient is wrong: the old
+    single start never moved, hit max_steps and was reported as indefinite curvature."""
+    args = (UCB_DEPT, UCB_MALE, UCB_APPLICATIONS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pp.NumericalWarning)  # PSIS k-hat: a skewed posterior
+        idata = pp.infer(ucb_glmm, *args, admit=UCB_ADMIT, method="laplace", rng_key=0)
+    attrs = idata.attrs
+    assert attrs["status"] in ("success", "poor_approximation")
+    assert attrs["map_starts_converged"] >= 3 and attrs["map_starts_at_mode"] >= 3
+    assert attrs["map_max_abs_grad"] < 1e-6 and attrs["newton_decrement"] < 1e-6
+    # the gradient at the reported mode, recomputed from the model
+    ld = pp.log_density(ucb_glmm, *args, admit=UCB_ADMIT)
+    mode = jnp.asarray(idata.approximation["mean"].values)
+    assert float(jnp.max(jnp.abs(jax.grad(ld.flat_logdensity_fn)(mode)))) < 1e-6
+    np.testing.assert_allclose(ld.flat_logdensity_fn(mode), attrs["map_logdensity"], rtol=1e-12)
+    assert np.all(np.linalg.eigvalsh(idata.approximation["precision"].values) > 0)
+    # regression value of this model's mode (all four starts agree on it)
+    np.testing.assert_allclose(attrs["map_logdensity"], -51.7713, atol=1e-3)
 
 
 def test_map_not_converged_raises():
@@ -102,9 +252,27 @@ def test_map_not_converged_raises():
     y = (X[:, 0] > 0).astype(np.int32)
     from ppl_posteriors.examples import logistic_regression
 
-    with pytest.raises(pp.NumericalError, match="MAP search stopped") as e:
+    with pytest.raises(pp.NumericalError, match="no start reached a stationary point.*max_steps = 1") as e:
         pp.infer(logistic_regression, X, y=y, method=pp.Laplace(max_steps=1))
     assert e.value.status is pp.Status.MAP_NOT_CONVERGED
+
+
+def test_max_steps_is_not_converged_even_where_the_curvature_is_indefinite():
+    """Cauchy(10, 1): from starts in (-2, 2) the density is convex (-log p concave) until |x - 10| < 1,
+    so after one BFGS step the Hessian is indefinite; the old order called that indefinite curvature."""
+
+    def m():
+        numpyro.sample("x", dist.Cauchy(10.0, 1.0))
+
+    with pytest.raises(pp.NumericalError, match="max_steps") as e:
+        pp.infer(m, method=pp.Laplace(max_steps=1))
+    assert e.value.status is pp.Status.MAP_NOT_CONVERGED
+    assert e.value.idata.attrs["map_starts_converged"] == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pp.NumericalWarning)  # PSIS k-hat of a Cauchy: its tails
+        idata = pp.infer(m, method="laplace")
+    np.testing.assert_allclose(idata.approximation["mean"].values, 10.0, rtol=1e-8)
+    np.testing.assert_allclose(idata.approximation["precision"].values, 2.0, rtol=1e-8)
 
 
 def test_funnel_is_flagged_not_silent(eight_schools_data):
@@ -112,9 +280,9 @@ def test_funnel_is_flagged_not_silent(eight_schools_data):
     from ppl_posteriors.examples import eight_schools_centered
 
     d = eight_schools_data
-    with pytest.raises(pp.NumericalError) as e:
+    with pytest.raises(pp.NumericalError, match="edge of the unconstrained space.*'tau' at z = -1") as e:
         pp.infer(eight_schools_centered, d["sigma"], y=d["y"], method="laplace")
-    assert e.value.status in (pp.Status.MAP_NOT_CONVERGED, pp.Status.INDEFINITE_CURVATURE, pp.Status.NON_FINITE)
+    assert e.value.status is pp.Status.MAP_NOT_CONVERGED
 
 
 def test_poor_approximation_warns_with_khat(eight_schools_data):
@@ -131,13 +299,18 @@ def test_laplace_config_errors():
         pp.Laplace(num_samples=0)
     with pytest.raises(pp.ConfigError, match="num_sample.*did you mean 'num_samples'"):
         pp.Laplace(num_sample=10)
+    with pytest.raises(pp.ConfigError, match="num_starts"):
+        pp.Laplace(num_starts=0)
+    with pytest.raises(pp.ConfigError, match="init_radius"):
+        pp.Laplace(init_radius=-1.0)
 
 
 def test_mode_at_the_edge_of_the_unconstrained_space_is_not_silent(eight_schools_data):
-    """Without the Jacobian, eight schools' mode has tau -> 0: draws overflow, and that is reported."""
+    """Without the Jacobian, eight schools' supremum is at tau -> 0: the gradient vanishes as the search
+    runs off, but there is no interior mode, and that is reported, naming the site."""
     from ppl_posteriors.examples import eight_schools_noncentered
 
     d = eight_schools_data
-    with pytest.raises(pp.NumericalError) as e:
+    with pytest.raises(pp.NumericalError, match="no interior mode.*'tau' at z = -1.*tau → 0") as e:
         pp.infer(eight_schools_noncentered, d["sigma"], y=d["y"], method=pp.Laplace(jacobian=False))
-    assert e.value.status in (pp.Status.NON_FINITE, pp.Status.MAP_NOT_CONVERGED, pp.Status.INDEFINITE_CURVATURE)
+    assert e.value.status is pp.Status.MAP_NOT_CONVERGED

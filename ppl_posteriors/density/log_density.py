@@ -27,10 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import Distribution, Independent
 
-from ..model.sites import Site, SiteKind
-from ..model.trace import from_unconstrained, replay, trace_model, unconstrain_values
+from ..model.sites import Site
 
-__all__ = ["LogDensity", "ModelSplit", "build_log_density", "log_density"]
+__all__ = ["LogDensity", "ModelSplit", "Position"]
 
 Position = dict[str, jax.Array]
 
@@ -102,6 +101,13 @@ class LogDensity(NamedTuple):
         Whether ``logdensity_fn`` includes the log-Jacobian of the transforms.
     site_terms_fn : callable or None
         position -> ``{site: scalar term}``; use :meth:`site_terms`.
+    minibatch_logdensity_fn : callable
+        (position, rng_key) -> scalar: ``logdensity_fn`` with the indices of
+        subsampled plates drawn from ``rng_key`` and their likelihood scaled by N/B
+        (an unbiased estimate of ``logdensity_fn`` on the full data). Equal to
+        ``logdensity_fn`` for a model without subsampled plates.
+    subsample_plates : dict
+        ``{plate: (size N, subsample size B)}`` of the plates that subsample.
     """
 
     logdensity_fn: Callable[[Position], jax.Array]
@@ -115,6 +121,8 @@ class LogDensity(NamedTuple):
     layout: tuple[tuple[str, tuple[int, ...]], ...]
     jacobian: bool
     site_terms_fn: Callable[[Position], dict[str, jax.Array]] | None = None
+    minibatch_logdensity_fn: Callable[[Position, jax.Array], jax.Array] | None = None
+    subsample_plates: dict[str, tuple[int, int]] | None = None
 
     @property
     def dim(self) -> int:
@@ -168,6 +176,19 @@ class LogDensity(NamedTuple):
             raise ValueError("this LogDensity was built without site_terms_fn; use build_log_density")
         return self.site_terms_fn(position)
 
+    def require_full_data(self, method: str) -> None:
+        """Raise ModelError if the model subsamples a plate, for a ``method`` that
+        needs the full data (a minibatch estimate of the density would bias it)."""
+        from .._errors import ModelError
+
+        for name, (size, sub) in (self.subsample_plates or {}).items():
+            raise ModelError(
+                f"plate {name!r} subsamples {sub} of {size} items, but {method} needs the full "
+                "data (a minibatch estimate of the density biases its result). Remove "
+                "subsample_size from the plate, or use a method that takes minibatches "
+                "(pp.MeanFieldVI)."
+            )
+
     def site(self, name: str) -> Site:
         for s in self.sites:
             if s.name == name:
@@ -183,127 +204,3 @@ def _elementwise(fn: Distribution, value) -> jax.Array:
 
 def _scaled(lp, scale):
     return lp if scale is None else scale * lp
-
-
-def build_log_density(model, args: tuple = (), kwargs: dict | None = None, *, jacobian: bool = True) -> LogDensity:
-    """Trace ``model(*args, **kwargs)`` once and build its :class:`LogDensity`.
-
-    Raises
-    ------
-    ModelError, ConfigError
-        See :func:`ppl_posteriors.model.trace.trace_model`.
-    """
-    kwargs = dict(kwargs or {})
-    tr = trace_model(model, args, kwargs)
-    latent = [s for s in tr.sites if s.kind is SiteKind.LATENT]
-    layout = tuple(sorted((s.name, s.unconstrained_shape) for s in latent))
-    observed_names = [s.name for s in tr.sites if s.kind is SiteKind.OBSERVED]
-
-    def run(position):
-        return replay(model, args, kwargs, from_unconstrained(position))
-
-    def log_joint(position, with_jacobian):
-        total = 0.0
-        for rec in run(position).values():
-            if rec.kind is SiteKind.DETERMINISTIC:
-                continue
-            total = total + _scaled(jnp.sum(rec.fn.log_prob(rec.value)), rec.scale)
-            if with_jacobian and rec.kind is SiteKind.LATENT:
-                total = total + _scaled(rec.log_det, rec.scale)
-        return total
-
-    def logdensity_fn(position):
-        return log_joint(position, jacobian)
-
-    def posterior_logdensity_fn(position):
-        return log_joint(position, True)
-
-    def log_prior(position):
-        total = 0.0
-        for rec in run(position).values():
-            if rec.kind in (SiteKind.LATENT, SiteKind.FACTOR):
-                total = total + _scaled(jnp.sum(rec.fn.log_prob(rec.value)), rec.scale)
-            if jacobian and rec.kind is SiteKind.LATENT:
-                total = total + _scaled(rec.log_det, rec.scale)
-        return total
-
-    def observed_dists(position):
-        recs = run(position)
-        return {name: recs[name].fn for name in observed_names}
-
-    def constrain(position):
-        return {
-            name: rec.value
-            for name, rec in run(position).items()
-            if rec.kind in (SiteKind.LATENT, SiteKind.DETERMINISTIC)
-        }
-
-    def site_terms(position):
-        terms = {}
-        for name, rec in run(position).items():
-            if rec.kind is SiteKind.DETERMINISTIC:
-                continue
-            term = _scaled(jnp.sum(rec.fn.log_prob(rec.value)), rec.scale)
-            if jacobian and rec.kind is SiteKind.LATENT:
-                term = term + _scaled(rec.log_det, rec.scale)
-            terms[name] = term
-        return terms
-
-    def unconstrain(values):
-        return unconstrain_values(model, args, kwargs, values)
-
-    def pointwise_loglik(position):
-        recs = run(position)
-        return {n: _scaled(_elementwise(recs[n].fn, recs[n].value), recs[n].scale) for n in observed_names}
-
-    init_recs = run(tr.init_position)
-    split = ModelSplit(
-        observed_dists=observed_dists,
-        log_prior=log_prior,
-        observed={n: jnp.asarray(tr.observed[n]) for n in observed_names},
-        scales={n: init_recs[n].scale for n in observed_names},
-    )
-    return LogDensity(
-        logdensity_fn=logdensity_fn,
-        posterior_logdensity_fn=posterior_logdensity_fn,
-        init_position=tr.init_position,
-        constrain=constrain,
-        unconstrain=unconstrain,
-        pointwise_loglik=pointwise_loglik,
-        split=split,
-        sites=tr.sites,
-        layout=layout,
-        jacobian=jacobian,
-        site_terms_fn=site_terms,
-    )
-
-
-def log_density(model, *args, jacobian: bool = True, **kwargs) -> LogDensity:
-    """The :class:`LogDensity` of ``model(*args, **kwargs)``, ready for BlackJAX or optax.
-
-    Parameters
-    ----------
-    model : callable
-        A NumPyro model (decorated with ``@pp.model`` or not).
-    *args, **kwargs
-        The model's own arguments, as for ``numpyro.infer.MCMC.run``.
-    jacobian : bool, default True
-        Include log |det ∂θ/∂z| of the transforms to the unconstrained space
-        (reserved keyword: a model argument called ``jacobian`` cannot be passed here).
-
-    Returns
-    -------
-    LogDensity
-
-    Raises
-    ------
-    ModelError
-        Structural problems of the model (discrete latent sites, NaN in observed
-        data, unsupported supports, a model that raises), naming the site.
-
-    Examples
-    --------
-    >>> ld = pp.log_density(model, x, y=y)
-    >>> nuts = blackjax.nuts(ld.logdensity_fn, step_size=0.1, inverse_mass_matrix=jnp.ones(ld.dim))
-    """
-    return build_log_density(model, args, kwargs, jacobian=jacobian)

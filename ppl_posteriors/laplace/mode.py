@@ -1,19 +1,28 @@
-"""MAP estimation: quasi-Newton search, then Newton polishing with a convergence test.
+"""MAP estimation: multi-start quasi-Newton search, Newton polishing, a stationarity test.
 
 The search is optimistix's BFGS on ``-logdensity_fn`` over the flat unconstrained
 vector. BFGS stops on small changes of the iterate and objective, which is not a
-statement about the gradient, so the mode is then polished by safeguarded Newton
-steps with the exact Hessian H = -∇² log p and accepted only if the Newton
-decrement
+statement about the gradient, so the end point is then polished by safeguarded
+Newton steps with the exact Hessian H = -∇² log p and judged by the (saddle-free)
+Newton decrement
 
-    λ(x) = sqrt(g(x)ᵀ H(x)⁻¹ g(x)),   g = ∇ log p,
+    λ(x) = sqrt(gᵀ |H(x)|⁻¹ g),   g = ∇ log p(x),   |H| = V |Λ| Vᵀ  (H = V Λ Vᵀ),
 
-is below ``mode_tol``. λ is the distance from x to the Newton step's target in
-posterior standard deviations of the Laplace approximation (λ²/2 estimates
-log p(x*) - log p(x)), so the test does not depend on the parametrisation's units.
+with eigenvalues below D·eps·max|Λ| in magnitude floored at that level. Where H is
+positive definite this is the Newton decrement: the distance from x to the Newton
+step's target in posterior standard deviations of the Laplace approximation (λ²/2
+estimates log p(x*) - log p(x)), so the test does not depend on the units of the
+parametrisation. Where H is indefinite or singular it still measures the distance
+to a stationary point, |H| taking the place of H (Dauphin et al. 2014), so a saddle
+or a flat direction with zero gradient counts as stationary and its curvature is
+judged afterwards, while a non-zero slope along a flat direction does not.
 
-References: Nocedal & Wright (2006), Numerical Optimization, ch. 6 (BFGS) and
-Boyd & Vandenberghe (2004), Convex Optimization, §9.5.1 (Newton decrement).
+:func:`find_map_multistart` runs :func:`find_map` from several starts (vmapped)
+and keeps the best; see its docstring for how "best" is chosen.
+
+References: Nocedal & Wright (2006), Numerical Optimization, ch. 6 (BFGS); Boyd &
+Vandenberghe (2004), Convex Optimization, §9.5.1 (Newton decrement); Dauphin et al.
+(2014), "Identifying and attacking the saddle point problem", NeurIPS.
 """
 
 from __future__ import annotations
@@ -27,26 +36,41 @@ import optimistix as optx
 
 from .curvature import dense_hessian
 
-__all__ = ["MAPResult", "find_map"]
+__all__ = ["MAPResult", "MultiStartResult", "find_map", "find_map_multistart", "stationarity"]
 
 
 class MAPResult(NamedTuple):
-    """Outcome of :func:`find_map`.
+    """Outcome of :func:`find_map` (leaves get a leading (S,) axis when vmapped over starts).
 
-    position : (D,) flat unconstrained mode; logdensity : scalar at the mode;
-    precision : (D, D) H = -∇² log p at the mode; cholesky : (D, D) lower factor of
-    H (NaN where H is not positive definite); decrement : Newton decrement λ at the
-    mode (posterior sd units); num_steps : BFGS iterations; bfgs_ok : whether BFGS
-    reported success.
+    position : (D,) flat unconstrained end point; logdensity : scalar there; grad : (D,)
+    ∇ log p there; precision : (D, D) H = -∇² log p there; cholesky : (D, D) lower
+    factor of H (NaN where H is not positive definite); decrement : saddle-free
+    Newton decrement λ (posterior sd units; see the module docstring); num_steps :
+    BFGS iterations; bfgs_ok : whether BFGS reported success; max_steps_reached :
+    whether BFGS stopped at ``max_steps``.
     """
 
     position: jax.Array
     logdensity: jax.Array
+    grad: jax.Array
     precision: jax.Array
     cholesky: jax.Array
     decrement: jax.Array
     num_steps: jax.Array
     bfgs_ok: jax.Array
+    max_steps_reached: jax.Array
+
+
+def stationarity(grad: jax.Array, precision: jax.Array) -> jax.Array:
+    """Saddle-free Newton decrement sqrt(gᵀ |H|⁻¹ g) for g (D,), H (D, D); NaN if either is not finite."""
+    finite = jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(precision))
+    h = jnp.where(finite, precision, jnp.eye(precision.shape[0], dtype=precision.dtype))
+    evals, evecs = jnp.linalg.eigh(h)
+    absval = jnp.abs(evals)
+    floor = precision.shape[0] * jnp.finfo(h.dtype).eps * jnp.maximum(jnp.max(absval), jnp.finfo(h.dtype).tiny)
+    proj = evecs.T @ jnp.where(finite, grad, 0.0)
+    dec = jnp.sqrt(jnp.sum(proj**2 / jnp.maximum(absval, floor)))
+    return jnp.where(finite, dec, jnp.nan)
 
 
 def _newton_state(f, x):
@@ -54,7 +78,7 @@ def _newton_state(f, x):
     h = dense_hessian(f, x)
     chol = jnp.linalg.cholesky(h)
     step = jax.scipy.linalg.cho_solve((chol, True), g)
-    return lp, h, chol, step, jnp.sqrt(jnp.maximum(g @ step, 0.0))
+    return lp, g, h, chol, step
 
 
 def find_map(
@@ -66,7 +90,7 @@ def find_map(
     atol: float = 1e-8,
     newton_steps: int = 5,
 ) -> MAPResult:
-    """Maximise ``flat_logdensity_fn`` from ``x0`` (D,); pure and jittable.
+    """Maximise ``flat_logdensity_fn`` from ``x0`` (D,); pure, jittable and vmappable.
 
     Parameters
     ----------
@@ -89,30 +113,95 @@ def find_map(
     x = sol.value
 
     d = x.shape[0]
-    zeros = (jnp.zeros((), x.dtype), jnp.zeros((d, d), x.dtype), jnp.zeros((d, d), x.dtype),
-             jnp.zeros((d,), x.dtype), jnp.zeros((), x.dtype))
+    zeros = (jnp.zeros((), x.dtype), jnp.zeros((d,), x.dtype), jnp.zeros((d, d), x.dtype),
+             jnp.zeros((d, d), x.dtype), jnp.zeros((d,), x.dtype))
 
     def polish(i, carry):
         # the Hessian is traced once: iteration i evaluates the state at x and, unless it
         # is the last one, takes the Newton step when it is safe
         x, _ = carry
         state = _newton_state(f, x)
-        lp, _h, chol, step, _dec = state
+        lp, _g, _h, chol, step = state
         x_new = x + step
         # accept unless the density drops by more than round-off
         slack = 100 * jnp.finfo(x.dtype).eps * (1 + jnp.abs(lp))
         ok = jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.isfinite(x_new)) & (f(x_new) >= lp - slack)
         return jnp.where(ok & (i < newton_steps), x_new, x), (x, state)
 
-    _, (x, (lp, h, chol, _step, dec)) = jax.lax.fori_loop(
-        0, newton_steps + 1, polish, (x, (x, zeros))
-    )
+    _, (x, (lp, g, h, chol, _step)) = jax.lax.fori_loop(0, newton_steps + 1, polish, (x, (x, zeros)))
     return MAPResult(
         position=x,
         logdensity=lp,
+        grad=g,
         precision=h,
         cholesky=chol,
-        decrement=dec,
+        decrement=stationarity(g, h),
         num_steps=sol.stats["num_steps"],
         bfgs_ok=sol.result == optx.RESULTS.successful,
+        max_steps_reached=sol.result == optx.RESULTS.nonlinear_max_steps_reached,
     )
+
+
+class MultiStartResult(NamedTuple):
+    """Outcome of :func:`find_map_multistart`.
+
+    best : MAPResult of the chosen start (unbatched); starts : MAPResult with a
+    leading (S,) axis; index : int, the chosen start; tier : (S,) int, 3 = stationary
+    with a positive definite Hessian, 2 = stationary, 1 = finite but not stationary,
+    0 = not finite (or no finite starting point); at_mode : (S,) bool, stationary and
+    within ``same_mode_tol`` of the chosen point (distance sqrt(dᵀ |H| d) with H the
+    chosen point's -∇² log p, in posterior sd where H is positive definite).
+    """
+
+    best: MAPResult
+    starts: MAPResult
+    index: jax.Array
+    tier: jax.Array
+    at_mode: jax.Array
+
+
+def find_map_multistart(
+    flat_logdensity_fn: Callable[[jax.Array], jax.Array],
+    x0: jax.Array,
+    start_ok: jax.Array | None = None,
+    *,
+    mode_tol: float = 0.01,
+    same_mode_tol: float = 0.1,
+    **kwargs,
+) -> MultiStartResult:
+    """:func:`find_map` from each row of ``x0`` (S, D), vmapped; pure and jittable.
+
+    "Best" is chosen lexicographically: first the tier (a start is *stationary* when
+    its end point has a finite log density and gradient, BFGS did not stop at
+    ``max_steps``, and its decrement λ <= ``mode_tol``; stationary with a positive
+    definite Hessian beats stationary, which beats finite, which beats not finite),
+    then the highest log density within the tier, then the lowest start index.
+    ``start_ok`` (S,) marks starts with a finite log density and gradient (e.g. from
+    :func:`ppl_posteriors.density.init.draw_initial_positions`); the others get tier 0.
+    ``kwargs`` go to :func:`find_map`.
+    """
+    res = jax.vmap(lambda x: find_map(flat_logdensity_fn, x, **kwargs))(x0)
+    if start_ok is None:
+        start_ok = jnp.ones(x0.shape[:1], bool)
+    finite = (
+        start_ok
+        & jnp.isfinite(res.logdensity)
+        & jnp.all(jnp.isfinite(res.position), -1)
+        & jnp.all(jnp.isfinite(res.grad), -1)
+    )
+    stationary = finite & ~res.max_steps_reached & (res.decrement <= mode_tol)
+    pd = jnp.all(jnp.isfinite(res.cholesky), (-2, -1))
+    tier = jnp.where(stationary & pd, 3, jnp.where(stationary, 2, jnp.where(finite, 1, 0)))
+    lp = jnp.where(finite, res.logdensity, -jnp.inf)
+    # lexicographic (tier, log density, -index): argmax returns the first maximum; when
+    # the top tier is 0 every score is -inf and start 0 is chosen
+    index = jnp.argmax(jnp.where(tier == jnp.max(tier), lp, -jnp.inf))
+    best = jax.tree.map(lambda a: a[index], res)
+
+    h = best.precision
+    finite_h = jnp.all(jnp.isfinite(h))
+    evals, evecs = jnp.linalg.eigh(jnp.where(finite_h, h, jnp.eye(h.shape[0], dtype=h.dtype)))
+    proj = (res.position - best.position) @ evecs
+    dist = jnp.sqrt(jnp.sum(proj**2 * jnp.abs(evals), -1))
+    at_mode = (tier >= 2) & (tier == tier[index]) & finite_h & (dist <= same_mode_tol)
+    return MultiStartResult(best=best, starts=res, index=index, tier=tier, at_mode=at_mode)

@@ -20,9 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import Status
-from .._progress import Progress, timed_call
-from ..density.init import initial_positions
+from .._errors import ModelError, Status
+from ..density.init import draw_initial_positions
 from ..registry import MethodConfig, register_method
 from ..results.raw import RawPosterior
 from .adaptation import window_adaptation
@@ -75,15 +74,14 @@ class NUTS(MethodConfig):
         self._require(0.0 < self.target_accept < 1.0, "target_accept", "must be in (0, 1)")
         self._require(self.init_radius >= 0, "init_radius", "must be >= 0")
 
-    def run(self, rng_key, log_density, *, progress: bool = True) -> RawPosterior:
-        logdensity_fn = log_density.logdensity_fn
-        k_init, k_run = jax.random.split(rng_key)
-        init = initial_positions(log_density, k_init, self.num_chains, self.init_radius)
+    @property
+    def num_parallel(self) -> int:
+        return self.num_chains
+
+    def run(self, rng_key, rt) -> RawPosterior:
+        rt.log_density.require_full_data("NUTS")
         nuts_kernel = blackjax.nuts.build_kernel()
         adaptation = window_adaptation(self.num_warmup, self.target_accept, self.dense_mass)
-
-        def kernel(key, state, step_size, imm):
-            return nuts_kernel(key, state, logdensity_fn, step_size, imm, max_num_doublings=self.max_tree_depth)
 
         def stats_fn(state, info):
             return {
@@ -95,22 +93,35 @@ class NUTS(MethodConfig):
                 "acceptance_rate": info.acceptance_rate,
             }
 
+        def program(ld, ctx, key):
+            logdensity_fn = ld.logdensity_fn
+            k_init, k_run = jax.random.split(key)
+            x0, ok = draw_initial_positions(ld.flat_logdensity_fn, k_init, self.num_chains, ld.dim, self.init_radius)
+            x0 = ctx.shard_chains(x0)
+
+            def kernel(key, state, step_size, imm):
+                return nuts_kernel(key, state, logdensity_fn, step_size, imm, max_num_doublings=self.max_tree_depth)
+
+            res = run_chains(
+                k_run,
+                ld.unravel(x0),
+                init_fn=lambda p: blackjax.nuts.init(p, logdensity_fn),
+                kernel=kernel,
+                adaptation=adaptation,
+                num_samples=self.num_samples,
+                stats_fn=stats_fn,
+                progress=ctx.progress,
+            )
+            return res, ok
+
         phases = [("warmup", self.num_warmup), ("sampling", self.num_samples)]
-        with Progress("NUTS", phases, progress) as bar:
-
-            def program(key, init):
-                return run_chains(
-                    key,
-                    init,
-                    init_fn=lambda p: blackjax.nuts.init(p, logdensity_fn),
-                    kernel=kernel,
-                    adaptation=adaptation,
-                    num_samples=self.num_samples,
-                    stats_fn=stats_fn,
-                    progress=bar,
-                )
-
-            res, compile_time, run_time = timed_call(program, k_run, init)
+        res, ok = rt.call("sample", program, rng_key, phases=phases, desc="NUTS")
+        if not bool(np.all(ok)):
+            raise ModelError(
+                "no starting point with a finite log density and gradient was found in "
+                f"uniform(-{self.init_radius}, {self.init_radius}) draws on the unconstrained space; "
+                "check the priors and the data (e.g. a likelihood that is -inf for every parameter)"
+            )
 
         stats = {k: np.asarray(v) for k, v in res.stats.items()}
         stats["diverging"] = stats["diverging"].astype(bool)
@@ -133,8 +144,6 @@ class NUTS(MethodConfig):
         hit = float(np.mean(stats["tree_depth"] >= self.max_tree_depth))
         info = {
             "messages": messages,
-            "compile_time": compile_time,
-            "run_time": run_time,
             "grad_evals": grad_evals,
             "num_divergent": n_div,
             "max_tree_depth_fraction": hit,

@@ -18,6 +18,7 @@ Two entry points:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -66,12 +67,14 @@ class ModelTrace(NamedTuple):
 
     ``sites``: every site in program order. ``init_position``: the unconstrained
     origin, ``{latent site: zeros(unconstrained_shape)}``. ``observed``: the
-    observed data as numpy arrays.
+    observed data as numpy arrays. ``plates``: ``{plate: (size, subsample size)}``
+    for every plate (subsample size equals size unless the plate subsamples).
     """
 
     sites: tuple[Site, ...]
     init_position: dict[str, jax.Array]
     observed: dict[str, np.ndarray]
+    plates: dict[str, tuple[int, int]]
 
 
 class LatentHandler(NamedTuple):
@@ -190,10 +193,15 @@ def _substitute_fn(handler: LatentHandler):
     return sub
 
 
-def _run(model, args, kwargs, handler: LatentHandler):
-    seeded = handlers.seed(model, rng_seed=0)
+def _run(model, args, kwargs, handler: LatentHandler, rng_key=None, full_plates=None):
+    if full_plates:  # every index of a subsampled plate: the full data, plate scale 1
+        model = handlers.substitute(model, data={n: jnp.arange(size) for n, size in full_plates.items()})
+    seeded = handlers.seed(model, rng_seed=0 if rng_key is None else rng_key)
     substituted = handlers.substitute(seeded, substitute_fn=_substitute_fn(handler))
-    return handlers.trace(substituted).get_trace(*args, **kwargs)
+    with warnings.catch_warnings():
+        if full_plates:  # NumPyro warns that the indices differ from subsample_size: intended
+            warnings.filterwarnings("ignore", "subsample_size does not match", UserWarning)
+        return handlers.trace(substituted).get_trace(*args, **kwargs)
 
 
 def _kind(msg) -> SiteKind | None:
@@ -214,16 +222,18 @@ def _site_log_det(name, msg, z):
     return _log_det(t, z, x, fn)
 
 
-def replay(model, args, kwargs, handler: LatentHandler) -> dict[str, SiteRecord]:
+def replay(model, args, kwargs, handler: LatentHandler, rng_key=None, full_plates=None) -> dict[str, SiteRecord]:
     """Run the model with every latent site's value given by ``handler``.
 
     Pure in the values the handler returns, so it traces under ``jit``, ``grad``
     and ``vmap``; latent sites inside ``numpyro.contrib.control_flow.scan`` are
     set step by step and come back stacked along the time axis, and their
-    log-Jacobian sums over every step. Returns ``{site name: SiteRecord}`` in
-    program order.
+    log-Jacobian sums over every step. ``rng_key`` seeds the model (it draws the
+    indices of subsampled plates); ``full_plates`` (``{plate: size}``) replaces
+    those indices by every index, so the model sees the full data. Returns
+    ``{site name: SiteRecord}`` in program order.
     """
-    tr = _run(model, args, kwargs, handler)
+    tr = _run(model, args, kwargs, handler, rng_key, full_plates)
     out = {}
     for name, msg in tr.items():
         kind = _kind(msg)
@@ -237,9 +247,9 @@ def replay(model, args, kwargs, handler: LatentHandler) -> dict[str, SiteRecord]
     return out
 
 
-def unconstrain_values(model, args, kwargs, values: dict[str, Any]) -> dict[str, Any]:
+def unconstrain_values(model, args, kwargs, values: dict[str, Any], full_plates=None) -> dict[str, Any]:
     """``{latent site: constrained value}`` -> the unconstrained position (scan-stacked sites too)."""
-    tr = _run(model, args, kwargs, from_constrained(values))
+    tr = _run(model, args, kwargs, from_constrained(values), full_plates=full_plates)
     return {
         name: _transform(name, msg["fn"]).inv(msg["value"])
         for name, msg in tr.items()
@@ -289,8 +299,8 @@ def trace_model(model, args: tuple, kwargs: dict) -> ModelTrace:
     ------
     ModelError
         A discrete latent site; a latent site whose support has no bijection; NaN
-        or inf in observed data; a ``numpyro.param`` site; a subsampled plate; a
-        model that raises (the original exception is chained).
+        or inf in observed data; a ``numpyro.param`` site; a latent site inside a
+        subsampled plate; a model that raises (the original exception is chained).
     ConfigError
         ``@pp.model(dims=...)`` or ``coords=...`` that do not fit a site's shape.
     """
@@ -310,7 +320,7 @@ def trace_model(model, args: tuple, kwargs: dict) -> ModelTrace:
         ) from e
 
     meta = model_meta(model)
-    sites, init, observed = [], {}, {}
+    sites, init, observed, plates = [], {}, {}, {}
     for site_name, msg in tr.items():
         if msg["type"] == "param":
             raise ModelError(
@@ -319,12 +329,7 @@ def trace_model(model, args: tuple, kwargs: dict) -> ModelTrace:
             )
         if msg["type"] == "plate":
             size, subsample_size = msg["args"][:2]
-            if subsample_size is not None and subsample_size != size:
-                raise ModelError(
-                    f"plate {site_name!r} subsamples {subsample_size} of {size} items; "
-                    "data subsampling is not supported by these methods yet. Remove "
-                    "subsample_size so that every datum is used."
-                )
+            plates[site_name] = (int(size), int(size if subsample_size is None else subsample_size))
             continue
         kind = _kind(msg)
         if kind is None:
@@ -332,12 +337,19 @@ def trace_model(model, args: tuple, kwargs: dict) -> ModelTrace:
         value = msg["value"]
         shape = tuple(jnp.shape(value))
         frames = sorted(msg.get("cond_indep_stack", []), key=lambda f: f.dim)
-        plates = tuple(f.name for f in frames)
+        plates_of = tuple(f.name for f in frames)
         fn = msg.get("fn")
         event_dim = len(fn.event_shape) if kind in (SiteKind.LATENT, SiteKind.OBSERVED) else 0
         dims = _dims(site_name, shape, event_dim, frames, meta.dims)
         support, ushape = None, ()
         if kind is SiteKind.LATENT:
+            sub = [p for p in plates_of if plates.get(p, (0, 0))[0] != plates.get(p, (0, 0))[1]]
+            if sub:
+                raise ModelError(
+                    f"latent site {site_name!r} lies inside the subsampled plate {sub[0]!r}: a "
+                    "local latent variable per datum cannot be learnt from minibatches by these "
+                    "methods. Remove subsample_size from the plate, or make the site global."
+                )
             support = fn.support
             ushape = tuple(_transform(site_name, fn).inverse_shape(fn.shape()))
             init[site_name] = jnp.zeros(ushape, dtype=jnp.result_type(float))
@@ -352,10 +364,10 @@ def trace_model(model, args: tuple, kwargs: dict) -> ModelTrace:
                 )
             observed[site_name] = arr
         _check_coords(site_name, shape, dims, meta.coords)
-        sites.append(Site(site_name, kind, shape, event_dim, support, plates, dims, ushape))
+        sites.append(Site(site_name, kind, shape, event_dim, support, plates_of, dims, ushape))
     if not any(s.kind is SiteKind.LATENT for s in sites):
         raise ModelError(
             f"the model {name!r} has no latent sample site, so there is no posterior to "
             "approximate. Did you pass the observed data as a latent (obs=None)?"
         )
-    return ModelTrace(tuple(sites), init, observed)
+    return ModelTrace(tuple(sites), init, observed, plates)

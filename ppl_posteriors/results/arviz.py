@@ -61,15 +61,118 @@ def _scalar_attrs(info: dict) -> dict:
     return out
 
 
-def _diagnose(raw: RawPosterior, posterior: dict, stats: dict):
+RHAT_THRESHOLD = 1.01
+ESS_PER_CHAIN = 100
+_NAMED = 3  # worst elements named in a message
+
+
+def _flat_elements(posterior: dict, names) -> tuple[list[str], np.ndarray]:
+    """Labels (``mu``, ``theta[3]``, ``L[1,0]``) and draws (chain, draw, element) of the
+    elements of ``names`` that vary and are finite; constant elements (a fixed entry of a
+    Cholesky factor, say) and non-finite ones carry no information about mixing."""
+    labels, columns = [], []
+    for name in sorted(names):
+        x = np.asarray(posterior[name], dtype=np.float64)
+        shape = x.shape[2:]
+        x = x.reshape(x.shape[:2] + (-1,))
+        keep = np.all(np.isfinite(x), axis=(0, 1)) & ~np.all(x == x[:1, :1], axis=(0, 1))
+        for j, idx in enumerate(np.ndindex(*shape)):
+            if keep[j]:
+                labels.append(f"{name}[{','.join(map(str, idx))}]" if shape else name)
+        columns.append(x[..., keep])
+    draws = np.concatenate(columns, axis=-1) if columns else np.zeros((1, 1, 0))
+    return labels, draws
+
+
+def _per_element(draws: np.ndarray, kind: str) -> np.ndarray:
+    """R-hat (``kind="rhat"``) or bulk / tail ESS of every element of (chain, draw, element)."""
+    if draws.shape[-1] == 0:
+        return np.zeros(0)
+    ds = az.convert_to_dataset({"x": draws})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = az.rhat(ds) if kind == "rhat" else az.ess(ds, method=kind)
+    return np.asarray(out["x"].values, dtype=np.float64).reshape(-1)
+
+
+def _worst(labels, values, fmt: str, *, largest: bool, beyond=None) -> str:
+    """``"tau 1.053, theta[3] 1.031, mu 1.012"``: the worst :data:`_NAMED` elements, worst
+    first; given ``beyond``, only those past it, then how many more are past it."""
+    order = np.argsort(-values if largest else values, kind="stable")
+    if beyond is not None:
+        order = [i for i in order if (values[i] > beyond if largest else values[i] < beyond)]
+    text = ", ".join(f"{labels[i]} {values[i]:{fmt}}" for i in order[:_NAMED])
+    if beyond is not None and len(order) > _NAMED:
+        text += f" and {len(order) - _NAMED} more"
+    return text
+
+
+def _mixing(posterior: dict, latent: set[str]):
+    """R-hat and ESS of MCMC draws: (bad, messages, attrs); see :func:`_diagnose`."""
+    n_chains, n_draws = next(iter(posterior.values())).shape[:2]
+    if n_draws < 4:
+        return False, [], {}
+    labels, draws = _flat_elements(posterior, [n for n in posterior if n in latent])
+    bad, messages, attrs = False, [], {}
+    det_labels, det_rhat = [], np.zeros(0)
+    if n_chains >= 2:
+        rhat = _per_element(draws, "rhat")
+        rhat = np.where(np.isnan(rhat), np.inf, rhat)
+        det_labels, det_draws = _flat_elements(posterior, [n for n in posterior if n not in latent])
+        det_rhat = _per_element(det_draws, "rhat")
+        det_rhat = np.where(np.isnan(det_rhat), np.inf, det_rhat)
+        attrs["rhat_max"] = float(rhat.max()) if rhat.size else float("nan")
+        if rhat.size:
+            attrs["rhat_worst"] = _worst(labels, rhat, ".3f", largest=True)
+        if det_rhat.size:
+            attrs["rhat_max_deterministic"] = float(det_rhat.max())
+        if rhat.size and rhat.max() > RHAT_THRESHOLD:
+            bad = True
+            messages.append(
+                f"max R-hat {rhat.max():.3f} > {RHAT_THRESHOLD}: "
+                f"{_worst(labels, rhat, '.3f', largest=True, beyond=RHAT_THRESHOLD)}: the chains "
+                "disagree; run longer, reparameterise, or check for multimodality"
+            )
+    threshold = ESS_PER_CHAIN * n_chains
+    low = []
+    for kind in ("bulk", "tail"):
+        ess = _per_element(draws, kind)
+        ess = np.where(np.isnan(ess), 0.0, ess)
+        attrs[f"ess_{kind}_min"] = float(ess.min()) if ess.size else float("nan")
+        if ess.size and ess.min() < threshold:
+            low.append(f"{kind} {_worst(labels, ess, '.0f', largest=False, beyond=threshold)}")
+    if low:
+        bad = True
+        messages.append(
+            f"ESS below {threshold} ({ESS_PER_CHAIN} per chain): {'; '.join(low)}: too few "
+            "effectively independent draws for reliable means and intervals; run longer"
+        )
+    if bad and det_rhat.size and det_rhat.max() > RHAT_THRESHOLD:
+        messages.append(
+            "(deterministic, for information: "
+            f"{_worst(det_labels, det_rhat, '.3f', largest=True, beyond=RHAT_THRESHOLD)})"
+        )
+    return bad, messages, attrs
+
+
+def _diagnose(raw: RawPosterior, posterior: dict, stats: dict, latent=None):
     """Status and messages of ``raw`` plus two diagnostics computed with ArviZ.
 
     * PSIS k-hat of the importance weights p/q of an approximation's draws
       (``info["khat_log_weights"]``, else ``sample_stats["log_weight"]``); above min(1 - 1/log10(S), 0.7) the
       approximation is unreliable (Vehtari et al. 2024, JMLR 25(72); Yao et al.
       2018, "Yes, but did it work?").
-    * Rank-normalised split R-hat and bulk ESS of MCMC draws; R-hat above 1.01
-      means the chains disagree (Vehtari et al. 2021, Bayesian Analysis 16:667).
+    * For MCMC draws (``info["is_mcmc"]``), per element of every site: rank-normalised
+      split R-hat (``az.rhat``, the larger of the bulk and folded R-hat; >= 2 chains) and
+      bulk and tail ESS (``az.ess``). Only the ``latent`` sites (default: all of
+      ``posterior``) are judged: max R-hat > 1.01, or a bulk or tail ESS below 100 per
+      chain, is ``POOR_MIXING`` (Vehtari et al. 2021, Bayesian Analysis 16:667, whose
+      recommendations these are), and the message names the worst three elements with
+      their values. Deterministic sites are functions of the latent draws; with many
+      elements some exceed 1.01 by chance, so they never set the status; their worst
+      R-hats above 1.01 are appended for information when there is a mixing warning.
+      Elements constant over all draws (a fixed entry of a Cholesky factor) or with
+      non-finite draws are skipped.
     """
     statuses, messages, attrs = [raw.status], list(raw.info.get("messages", [])), {}
     lw = raw.info.get("khat_log_weights", stats.get("log_weight"))
@@ -91,21 +194,13 @@ def _diagnose(raw: RawPosterior, posterior: dict, stats: dict):
                     f"PSIS k-hat = {khat:.2f} > {threshold:.2f}: the approximation is far from the "
                     "posterior, so its means and sds may be badly off; check against NUTS"
                 )
-    if raw.info.get("is_mcmc"):
-        n_chains = next(iter(posterior.values())).shape[0]
-        if n_chains >= 2:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = az.convert_to_dataset(posterior)
-                rhat = float(np.nanmax(az.rhat(ds).to_array().values))
-                ess = float(np.nanmin(az.ess(ds, method="bulk").to_array().values))
-            attrs["rhat_max"], attrs["ess_bulk_min"] = rhat, ess
-            if rhat > 1.01:
-                statuses.append(Status.POOR_MIXING)
-                messages.append(
-                    f"max R-hat = {rhat:.3f} > 1.01 (min bulk ESS {ess:.0f}): the chains disagree; "
-                    "run longer, reparameterise, or check for multimodality"
-                )
+    if raw.info.get("is_mcmc") and posterior:
+        judged = set(posterior) if latent is None else set(latent)
+        bad, mixing_messages, mixing_attrs = _mixing(posterior, judged)
+        attrs.update(mixing_attrs)
+        messages.extend(mixing_messages)
+        if bad:
+            statuses.append(Status.POOR_MIXING)
     return Status.worst(statuses), messages, attrs
 
 
@@ -117,6 +212,7 @@ def to_inference_data(
     method: str = "",
     config: dict | None = None,
     wall_time: float | None = None,
+    draws: tuple | None = None,
 ) -> az.InferenceData:
     """Convert ``raw`` (draws on the unconstrained space) to ``arviz.InferenceData``.
 
@@ -130,16 +226,22 @@ def to_inference_data(
         The model, for the ``@pp.model`` coords and dims.
     method, config, wall_time
         Recorded in ``idata.attrs``.
+    draws : (posterior, log_likelihood, observed), optional
+        Numpy dicts already computed (by the runtime's cached program); without them
+        they are computed here with ``log_density``'s functions (compiled afresh).
     """
     meta = model_meta(model) if model is not None else None
-    posterior = _map_draws(log_density.constrain, raw.position)
+    if draws is None:
+        posterior = _map_draws(log_density.constrain, raw.position)
+        log_lik = {}
+        if any(s.kind is SiteKind.OBSERVED for s in log_density.sites):
+            log_lik = _map_draws(log_density.pointwise_loglik, raw.position)
+        observed = {n: np.asarray(v) for n, v in log_density.split.observed.items()}
+    else:
+        posterior, log_lik, observed = draws
     dims = {s.name: list(s.dims) for s in log_density.sites}
-    log_lik, ll_dims = {}, {}
-    if any(s.kind is SiteKind.OBSERVED for s in log_density.sites):
-        log_lik = _map_draws(log_density.pointwise_loglik, raw.position)
-        # log_prob drops trailing event axes, so the pointwise axes are a prefix of the data's
-        ll_dims = {n: dims[n][: v.ndim - 2] for n, v in log_lik.items()}
-    observed = {n: np.asarray(v) for n, v in log_density.split.observed.items()}
+    # log_prob drops trailing event axes, so the pointwise axes are a prefix of the data's
+    ll_dims = {n: dims[n][: v.ndim - 2] for n, v in log_lik.items()}
     coords = dict(meta.coords) if meta is not None else {}  # checked against shapes when traced
 
     stats = {k: np.asarray(v) for k, v in raw.sample_stats.items()}
@@ -152,7 +254,8 @@ def to_inference_data(
     }
     if wall_time is not None:
         attrs["wall_time"] = float(wall_time)
-    status, messages, diag = _diagnose(raw, posterior, stats)
+    latent = {s.name for s in log_density.sites if s.kind is SiteKind.LATENT}
+    status, messages, diag = _diagnose(raw, posterior, stats, latent)
     attrs.update(diag)
     attrs["status"] = status.value
     attrs["status_messages"] = " | ".join(messages)

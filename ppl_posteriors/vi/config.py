@@ -18,9 +18,9 @@ import numpy as np
 import optax
 
 from .._errors import Status
-from .._progress import Progress, timed_call
 from ..registry import MethodConfig, register_method
 from ..results.raw import KHAT_DRAWS, RawPosterior
+from ..runtime.programs import approximation_weights
 from . import meanfield
 from .fit import elbo_converged, fit
 from .objectives import elbo
@@ -90,31 +90,34 @@ class MeanFieldVI(MethodConfig):
         if self.convergence_window is not None:
             self._positive_int("convergence_window")
 
-    def run(self, rng_key, log_density, *, progress: bool = True) -> RawPosterior:
-        ld = log_density
+    def run(self, rng_key, rt) -> RawPosterior:
         optimizer = self.optimizer if self.optimizer is not None else optax.adam(1e-2)
-        f = ld.flat_logdensity_fn
+        num_average = int(self.average_fraction * self.num_steps)
 
-        def loss(params, key):
-            return -elbo(f, params, key, self.num_particles, self.stl)
+        def program(ld, ctx, key):
+            # minibatch_logdensity_fn draws the indices of subsampled plates from the key
+            # (scaled by N/B); for a model without such plates it is logdensity_fn
+            def f(x, k):
+                return ld.minibatch_logdensity_fn(ld.unravel(x), k)
 
-        with Progress("MeanFieldVI", [("steps", self.num_steps)], progress) as bar:
+            def loss(params, key):
+                k_data = jax.random.fold_in(key, 1)  # minibatch indices; key itself draws the guide
+                return -elbo(lambda x: f(x, k_data), params, key, self.num_particles, self.stl)
 
-            def run(x0, key):
-                k_fit, k_draw = jax.random.split(key)
-                params0 = meanfield.init(x0, self.init_scale)
-                num_average = int(self.average_fraction * self.num_steps)
-                params, losses = fit(loss, params0, optimizer, self.num_steps, k_fit, bar, num_average)
-                approx = meanfield.MeanFieldGaussian.from_params(params)
-                draws = approx.sample_flat(k_draw, max(self.num_samples, KHAT_DRAWS))
-                lp = jax.vmap(f)(draws)
-                return approx, -losses, draws, lp, lp - approx.log_prob(draws)
+            k_fit, k_draw = jax.random.split(key)
+            params0 = meanfield.init(ld.ravel(ld.init_position), self.init_scale)
+            params, losses = fit(loss, params0, optimizer, self.num_steps, k_fit, ctx.progress, num_average)
+            approx = meanfield.MeanFieldGaussian.from_params(params)
+            return approx, -losses, approx.sample_flat(k_draw, max(self.num_samples, KHAT_DRAWS))
 
-            x0 = ld.ravel(ld.init_position)
-            (approx, elbo_trace, draws, lp, log_weight), compile_time, run_time = timed_call(run, x0, rng_key)
-            khat_log_weights = log_weight
-            n = self.num_samples
-            draws, lp, log_weight = draws[:n], lp[:n], log_weight[:n]
+        approx, elbo_trace, draws = rt.call(
+            "fit", program, rng_key, phases=[("steps", self.num_steps)], desc="MeanFieldVI"
+        )
+        lp, log_weight = approximation_weights(rt, approx, draws)
+        khat_log_weights = log_weight
+        n = self.num_samples
+        draws, lp, log_weight = draws[:n], lp[:n], log_weight[:n]
+        ld = rt.log_density
 
         elbo_trace = np.asarray(elbo_trace)
         window = self.convergence_window or max(50, self.num_steps // 10)
@@ -137,8 +140,6 @@ class MeanFieldVI(MethodConfig):
             status, messages = Status.SUCCESS, []
         info = {
             "messages": messages,
-            "compile_time": compile_time,
-            "run_time": run_time,
             "grad_evals": self.num_steps * self.num_particles,
             # ELBO of the returned (averaged) guide, from its draws: mean of log p - log q
             "elbo_final": float(np.mean(np.asarray(khat_log_weights))),

@@ -1,0 +1,250 @@
+"""Compile once: an in-process cache of compiled programs, and JAX's persistent cache.
+
+Every method runs its numerical work through :meth:`Runtime.call`, which jits a
+pure function ``fn(log_density, progress_bar, *args)`` with the model's array
+arguments as jit *arguments* (the :class:`~ppl_posteriors.density.LogDensity` is
+rebuilt from them inside the trace), compiles it ahead of time and keeps the
+executable under the key
+
+    (model template, method config, program tag, progress on/off, mesh,
+     shapes / dtypes / shardings of the arguments)
+
+where the template stands for (model, static arguments, array shapes and dtypes,
+``jacobian``, x64). A second ``pp.infer`` with a new ``rng_key`` or new data of the
+same shapes finds the executable and neither traces nor compiles: it pays only
+the run. The function passed as ``fn`` must depend on nothing but the config and
+its arguments -- the contract that makes the config a sound key.
+
+Configs are compared by value (frozen dataclasses), so ``pp.NUTS(num_chains=4)``
+written twice hits the cache; an option that is a new object each time, such as
+``optimizer=optax.adam(1e-3)`` written inline, is a new key (keep the optimizer in
+a variable to reuse compiled code).
+
+Across processes, :func:`set_compilation_cache` (or the environment variable
+``PPL_POSTERIORS_CACHE_DIR``) turns on JAX's persistent compilation cache: XLA
+executables are stored on disk under a hash of the program, compile options, JAX
+/ jaxlib versions and devices; a fresh process still traces the model, but
+loads the executable instead of compiling it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from .._progress import Progress, progress_enabled
+from . import mesh as _mesh
+
+__all__ = ["Runtime", "cache_info", "clear_cache", "set_compilation_cache"]
+
+_PROGRAMS: dict = {}
+_LOCK = threading.Lock()
+_STATS = {"hits": 0, "misses": 0}
+
+
+def _abstract(tree) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    sig = []
+    for x in leaves:
+        sharding = getattr(x, "sharding", None)
+        spec = getattr(sharding, "spec", None)
+        sig.append((tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x))), str(spec)))
+    return (treedef, tuple(sig))
+
+
+def _config_key(config):
+    try:
+        hash(config)
+        return config
+    except TypeError:  # an unhashable option: this config object only
+        return ("id", id(config))
+
+
+class ProgramContext:
+    """What a program gets besides the log density: its progress bar and the mesh.
+
+    ``progress.tick(i)`` inside a scan drives the bar; ``shard_chains(tree)`` pins
+    the leading (chain / restart) axis of ``tree``'s leaves to the mesh's ``"chain"``
+    axis (identity without a mesh).
+    """
+
+    __slots__ = ("progress", "mesh")
+
+    def __init__(self, progress: Progress, mesh=None):
+        self.progress, self.mesh = progress, mesh
+
+    def shard_chains(self, tree):
+        return _mesh.shard_chains(self.mesh, tree)
+
+
+class _Entry:
+    __slots__ = ("compiled", "bar")
+
+    def __init__(self, compiled, bar):
+        self.compiled, self.bar = compiled, bar
+
+
+class Runtime:
+    """One ``pp.infer`` call: the model template, its array arguments, the config.
+
+    Attributes
+    ----------
+    template : ModelTemplate
+    arrays : tuple of jax.Array
+        The model's array arguments (jit arguments of every program).
+    log_density : LogDensity
+        Bound to the concrete arrays: for metadata (``layout``, ``sites``, ``dim``,
+        ``param_names()``); calling its functions outside :meth:`call` traces the model.
+    compile_time, run_time : float
+        Seconds spent compiling (0 on cache hits) and running, summed over calls.
+    cache_hits, cache_misses : int
+    """
+
+    def __init__(self, template, arrays, config, *, progress: bool = True, mesh=None):
+        _mesh.check_mesh(mesh, template, getattr(config, "num_parallel", None))
+        self.template, self.config = template, config
+        self.log_density = template.bind(tuple(arrays))
+        self.arrays = _mesh.place_arrays(mesh, template, arrays)
+        self.progress = progress_enabled(progress)
+        self.mesh = mesh
+        self.compile_time = 0.0
+        self.run_time = 0.0
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def call(
+        self,
+        tag: str,
+        fn: Callable,
+        *args,
+        phases: list[tuple[str, int]] | None = None,
+        desc: str = "",
+        full_data: bool = False,
+        config: Any = "self",
+    ):
+        """Run ``fn(log_density, bar, *args)`` compiled, from the cache when possible.
+
+        Parameters
+        ----------
+        tag : str
+            Names the program within the method (a method may run several).
+        fn : callable
+            Pure: (LogDensity, ProgramContext, *args) -> pytree of arrays.
+        *args
+            Arrays (pytrees of arrays): keys, initial positions, draws.
+        phases : list of (label, steps), optional
+            Progress-bar phases; the bar's ``tick(i)`` is passed to ``fn``.
+        full_data : bool
+            Bind every item of subsampled plates (results, diagnostics).
+        config : hashable
+            Overrides the method config in the cache key (``None`` shares the
+            program across methods, e.g. the conversion to results).
+
+        Returns
+        -------
+        The outputs of ``fn``, computed (``jax.block_until_ready``).
+        """
+        cfg = self.config if isinstance(config, str) and config == "self" else config
+        args = _mesh.replicate(self.mesh, args)
+        enabled = self.progress and bool(phases)
+        key = (
+            self.template,
+            _config_key(cfg),
+            tag,
+            enabled,
+            full_data,
+            None if self.mesh is None else (tuple(self.mesh.shape.items()), tuple(d.id for d in self.mesh.devices.flat)),
+            _abstract((self.arrays, args)),
+        )
+        with _LOCK:
+            entry = _PROGRAMS.get(key)
+        if entry is None:
+            bar = Progress(desc or getattr(cfg, "method_name", tag), phases or [], enabled)
+            template, ctx = self.template, ProgramContext(bar, self.mesh)
+
+            def program(arrays, *a):
+                return fn(template.bind(arrays, full_data=full_data), ctx, *a)
+
+            t0 = time.perf_counter()
+            compiled = jax.jit(program).lower(self.arrays, *args).compile()
+            self.compile_time += time.perf_counter() - t0
+            entry = _Entry(compiled, bar)
+            with _LOCK:
+                _PROGRAMS[key] = entry
+                _STATS["misses"] += 1
+            self.cache_misses += 1
+        else:
+            with _LOCK:
+                _STATS["hits"] += 1
+            self.cache_hits += 1
+        t0 = time.perf_counter()
+        with entry.bar:
+            out = _mesh.gather(jax.block_until_ready(entry.compiled(self.arrays, *args)))
+        self.run_time += time.perf_counter() - t0
+        return out
+
+    def timing(self) -> dict:
+        """Entries for ``idata.attrs``: compile_time, run_time, cache_hit (1 if nothing compiled)."""
+        return {
+            "compile_time": self.compile_time,
+            "run_time": self.run_time,
+            "cache_hit": int(self.cache_misses == 0),
+            "programs_compiled": self.cache_misses,
+        }
+
+
+def cache_info() -> dict:
+    """``{"programs": n, "hits": h, "misses": m}`` of the in-process cache."""
+    with _LOCK:
+        return {"programs": len(_PROGRAMS), **_STATS}
+
+
+def clear_cache() -> None:
+    """Drop every compiled program and traced model (the next call compiles again)."""
+    from ..density import clear_templates
+
+    with _LOCK:
+        _PROGRAMS.clear()
+        _STATS.update(hits=0, misses=0)
+    clear_templates()
+
+
+def set_compilation_cache(path: str | os.PathLike | None, *, min_compile_time_secs: float = 0.5) -> None:
+    """Turn on JAX's persistent compilation cache in ``path`` (None turns it off).
+
+    Executables that took at least ``min_compile_time_secs`` to compile are written
+    to ``path`` and loaded by later processes with the same program, JAX / jaxlib
+    version, backend and devices (any change there is a new entry; old entries are
+    never deleted by JAX, so clear the folder by hand to reclaim disk -- a few MB
+    per method and model). Tracing still happens in a fresh process; compiling
+    does not. The environment variable ``PPL_POSTERIORS_CACHE_DIR`` does the same
+    at import time.
+
+    Raises
+    ------
+    ConfigError
+        If ``path`` exists and is not a directory.
+    """
+    from .._errors import ConfigError
+
+    if path is None:
+        jax.config.update("jax_compilation_cache_dir", None)
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"set_compilation_cache({path!r}): not a directory; give a folder path")
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+if os.environ.get("PPL_POSTERIORS_CACHE_DIR"):
+    set_compilation_cache(os.environ["PPL_POSTERIORS_CACHE_DIR"])

@@ -1,0 +1,96 @@
+"""The runtime: data are jit arguments, and a second call neither traces nor compiles."""
+
+import warnings
+
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import ppl_posteriors as pp
+
+# small configs so that every registered method runs in a second or two
+SMALL = {
+    "nuts": pp.NUTS(num_chains=2, num_warmup=50, num_samples=50),
+    "laplace": pp.Laplace(num_samples=50),
+    "meanfield_vi": pp.MeanFieldVI(num_steps=100, num_samples=50),
+}
+
+
+def _counting_model():
+    calls = []
+
+    def m(x, scale, y=None):
+        calls.append(1)  # one entry per execution of the model: tracing, or a Python run
+        b = numpyro.sample("b", dist.Normal(0.0, scale).expand([x.shape[1]]).to_event(1))
+        s = numpyro.sample("s", dist.HalfNormal(1.0))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("y", dist.Normal(x @ b, s), obs=y)
+
+    return m, calls
+
+
+def _data(seed, n=20):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    return x, x @ np.array([1.0, -0.5]) + 0.3 * rng.normal(size=n)
+
+
+@pytest.mark.parametrize("name", sorted(pp.methods()))
+def test_second_call_neither_traces_nor_compiles(name):
+    assert set(SMALL) == set(pp.methods()), "add a small config for the new method"
+    m, calls = _counting_model()
+    x, y = _data(0)
+    cfg = SMALL[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pp.NumericalWarning)  # tiny runs: ESS warnings
+        first = pp.infer(m, x, 2.0, y=y, method=cfg, rng_key=0)
+        n_first = len(calls)
+        assert n_first > 0 and first.attrs["cache_hit"] == 0 and first.attrs["compile_time"] > 0
+        # a new key, then new data of the same shapes, then an equal config object
+        again = pp.infer(m, x, 2.0, y=y, method=cfg, rng_key=1)
+        x2, y2 = _data(1)
+        other = pp.infer(m, x2, 2.0, y=y2, method=type(cfg)(**cfg.__dict__), rng_key=1)
+    assert len(calls) == n_first, f"{name}: the model was traced again"
+    for idata in (again, other):
+        assert idata.attrs["cache_hit"] == 1 and idata.attrs["compile_time"] == 0.0
+    # the results follow the new key and the new data, not the cached ones
+    assert not np.allclose(first.posterior["b"].values, again.posterior["b"].values)
+    np.testing.assert_array_equal(other.observed_data["y"].values, y2)
+    assert not np.allclose(other.posterior["b"].values.mean(), again.posterior["b"].values.mean())
+    # a new static value or new shapes compile again
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pp.NumericalWarning)
+        pp.infer(m, x, 3.0, y=y, method=cfg)
+        n_static = len(calls)
+        assert n_static > n_first
+        x3, y3 = _data(2, n=25)
+        pp.infer(m, x3, 2.0, y=y3, method=cfg)
+    assert len(calls) > n_static
+
+
+def test_arguments_that_are_neither_arrays_nor_hashable_are_named():
+    import pandas as pd
+
+    m, _ = _counting_model()
+    x, y = _data(0)
+    with pytest.raises(pp.ConfigError, match=r"model argument kwargs\['y'\] is a set"):
+        pp.infer(m, x, 2.0, y={1, 2}, method="laplace")
+    with pytest.raises(pp.ConfigError, match=r"model argument args\[0\] is a DataFrame.*to_numpy"):
+        pp.infer(m, pd.DataFrame(x), 2.0, y=y, method="laplace")
+
+
+def test_static_wrapper_gives_the_model_concrete_values():
+    def m(group, y=None):
+        n_groups = int(np.max(group)) + 1  # needs a concrete array
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0).expand([n_groups]).to_event(1))
+        with numpyro.plate("data", len(group)):
+            numpyro.sample("y", dist.Normal(a[group], 1.0), obs=y)
+
+    group = np.array([0, 1, 2, 1, 0])
+    y = np.array([0.1, 1.0, 2.0, 1.2, -0.3])
+    with pytest.raises(pp.ModelError, match="pp.static"):
+        pp.infer(m, group, y=y, method="laplace")
+    idata = pp.infer(m, pp.static(group), y=y, method="laplace")
+    assert idata.posterior["a"].shape[-1] == 3
+    assert pp.static(group) == pp.static(group.copy()) and hash(pp.static(group)) == hash(pp.static(group.copy()))
