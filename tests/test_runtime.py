@@ -94,3 +94,37 @@ def test_static_wrapper_gives_the_model_concrete_values():
     idata = pp.infer(m, pp.static(group), y=y, method="laplace")
     assert idata.posterior["a"].shape[-1] == 3
     assert pp.static(group) == pp.static(group.copy()) and hash(pp.static(group)) == hash(pp.static(group.copy()))
+
+
+_CACHE_SCRIPT = """
+import jax, numpy as np, numpyro, numpyro.distributions as dist
+hits = []
+jax.monitoring.register_event_listener(lambda name, **kw: hits.append(name) if "cache_hits" in name else None)
+import ppl_posteriors as pp
+def m(y=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", 5):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+idata = pp.infer(m, y=np.arange(5.0), method=pp.MeanFieldVI(num_steps=200), progress=False)
+print("HITS", len(hits))
+"""
+
+
+def test_persistent_cache_is_written_and_read_by_a_fresh_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    with pytest.raises(pp.ConfigError, match="not a directory"):
+        (tmp_path / "file").write_text("x")
+        pp.set_compilation_cache(tmp_path / "file")
+    env = dict(os.environ, PPL_POSTERIORS_CACHE_DIR=str(tmp_path / "cache"), PPL_POSTERIORS_PROGRESS="0")
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", _CACHE_SCRIPT], env=env, capture_output=True,
+                             text=True, timeout=300, check=True).stdout
+        return int(out.split("HITS")[1])
+
+    assert run() == 0  # cold: compiles and writes
+    assert any((tmp_path / "cache").iterdir())
+    assert run() >= 1  # warm: the executables come from disk
