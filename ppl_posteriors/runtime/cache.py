@@ -214,10 +214,11 @@ def clear_cache() -> None:
     clear_templates()
 
 
-def set_compilation_cache(path: str | os.PathLike | None, *, min_compile_time_secs: float = 0.5) -> None:
+def set_compilation_cache(path: str | os.PathLike | None, *, min_compile_time_secs: float = 0.0) -> None:
     """Turn on JAX's persistent compilation cache in ``path`` (None turns it off).
 
-    Executables that took at least ``min_compile_time_secs`` to compile are written
+    Executables that took at least ``min_compile_time_secs`` (default 0: all of them,
+    the small results programs included) to compile are written
     to ``path`` and loaded by later processes with the same program, JAX / jaxlib
     version, backend and devices (any change there is a new entry; old entries are
     never deleted by JAX, so clear the folder by hand to reclaim disk -- a few MB
