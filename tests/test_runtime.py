@@ -128,3 +128,17 @@ def test_persistent_cache_is_written_and_read_by_a_fresh_process(tmp_path):
     assert run() == 0  # cold: compiles and writes
     assert any((tmp_path / "cache").iterdir())
     assert run() >= 1  # warm: the executables come from disk
+
+
+def test_nan_in_new_data_is_caught_on_a_cached_call():
+    m, calls = _counting_model()
+    x, y = _data(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pp.NumericalWarning)
+        pp.infer(m, x, 2.0, y=y, method=SMALL["laplace"])
+    bad = y.copy()
+    bad[3] = np.nan
+    n = len(calls)
+    with pytest.raises(pp.ModelError, match=r"observed site 'y' has 1 NaN"):
+        pp.infer(m, x, 2.0, y=bad, method=SMALL["laplace"])
+    assert len(calls) == n  # found by the cached observed-data program, without tracing
