@@ -94,7 +94,8 @@ class Progress:
                     quarter += 1
                 self._plain[1] = quarter
                 pct = 100 * done // self.total
-                print(f"{self.desc}: {done}/{self.total} ({pct}%, {self._label(done - 1)}) "
+                phase = self._label(done - 1)[len(self.desc):].strip()
+                print(f"{self.desc}: {done}/{self.total} ({pct}%, {phase}) "
                       f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
             return
         bar = self._bar
