@@ -100,6 +100,9 @@ class MethodConfig(metaclass=_ConfigMeta):
 
 
 class MethodSpec(NamedTuple):
+    """A registered method: its ``name`` for ``pp.infer(method=name)``, its config class
+    (a :class:`MethodConfig` subclass) and the one-line ``description`` of ``pp.methods()``."""
+
     name: str
     config_cls: type
     description: str

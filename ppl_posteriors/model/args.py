@@ -25,7 +25,7 @@ import numpy as np
 
 from .._errors import ConfigError
 
-__all__ = ["ArgSpec", "static", "split_args", "merge_args", "describe"]
+__all__ = ["ArgSpec", "merge_args", "split_args", "static"]
 
 
 class static:  # noqa: N801 - used like a function: pp.static(x)
@@ -130,10 +130,3 @@ def merge_args(spec: ArgSpec, arrays) -> tuple[tuple, dict]:
         leaves[i] = a
     args, kwargs = jax.tree_util.tree_unflatten(spec.treedef, leaves)
     return tuple(args), dict(kwargs)
-
-
-def describe(spec: ArgSpec) -> str:
-    """One line per argument: which are arrays (jit arguments) and which are static."""
-    rows = [f"{n}: array {tuple(s)} {d}" for n, (_, s, d) in zip(spec.names, spec.array_leaves, strict=True)]
-    rows += [f"leaf {i}: static {v!r}" for i, v in spec.static_leaves]
-    return "\n".join(rows)

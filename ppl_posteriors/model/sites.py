@@ -9,6 +9,9 @@ __all__ = ["Site", "SiteKind"]
 
 
 class SiteKind(enum.Enum):
+    """What a NumPyro site is to the posterior: a latent parameter, observed data, a
+    deterministic function of the latents, or an extra log-density term (factor)."""
+
     LATENT = "latent"  # unobserved sample site: a parameter of the posterior
     OBSERVED = "observed"  # sample site with obs=: contributes the likelihood
     DETERMINISTIC = "deterministic"  # numpyro.deterministic: recomputed for every draw

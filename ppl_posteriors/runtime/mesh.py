@@ -21,8 +21,6 @@ Multi-host: call ``jax.distributed.initialize(...)`` in every process first; the
 
 from __future__ import annotations
 
-import math
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
@@ -174,7 +172,3 @@ def gather(tree):
         return x
 
     return jax.tree.map(one, tree)
-
-
-def num_devices(mesh) -> int:
-    return 1 if mesh is None else math.prod(mesh.shape.values())

@@ -44,6 +44,7 @@ def log_prob(params: MeanFieldParams, z: jax.Array) -> jax.Array:
 
 
 def entropy(params: MeanFieldParams) -> jax.Array:
+    """H[q] = Σ_i log σ_i + D/2 (1 + log 2π), a scalar in nats (Kucukelbir et al. 2017)."""
     d = params.loc.shape[-1]
     return jnp.sum(params.log_scale) + 0.5 * d * (1.0 + math.log(2 * math.pi))
 
