@@ -14,12 +14,13 @@ from .model import Site, SiteKind, model
 from .model.args import static
 from .registry import MethodConfig, methods, register_method
 from .results import RawPosterior, sample_approximation
-from .runtime import cache_info, clear_cache, make_mesh, set_compilation_cache
+from .runtime import Batches, cache_info, clear_cache, make_mesh, set_compilation_cache
 from .vi import MeanFieldVI
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batches",
     "NUTS",
     "ConfigError",
     "Laplace",

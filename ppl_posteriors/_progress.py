@@ -85,7 +85,8 @@ class Progress:
             start += n
         return f"{self.desc} {self.phases[-1][0]}" if self.phases else self.desc
 
-    def _update(self, i) -> None:
+    def update(self, i) -> None:
+        """Host side: step ``i`` (0-based) is done."""
         done = int(i) + 1
         if self._plain is not None:
             t0, quarter = self._plain
@@ -111,7 +112,7 @@ class Progress:
         last = self.total - 1
 
         def report(i):
-            jax.debug.callback(self._update, i)
+            jax.debug.callback(self.update, i)
 
         jax.lax.cond(((i + 1) % self.every == 0) | (i == last), report, lambda i: None, i)
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 import time
 import warnings
 
-from ._errors import NumericalError, NumericalWarning, Status
+from ._errors import ConfigError, NumericalError, NumericalWarning, Status
 from ._progress import as_key
 from .density import log_density, model_template
-from .registry import resolve_method
+from .registry import _REGISTRY, resolve_method
 from .results.arviz import to_inference_data
 from .runtime import Runtime
+from .runtime.batches import BatchStream
 from .runtime.programs import constrained_draws
 
 __all__ = ["infer", "log_density"]
 
 
-def infer(model, *args, method, rng_key=None, progress: bool = True, mesh=None, **kwargs):
+def infer(model, *args, method, rng_key=None, progress: bool = True, mesh=None, batches=None, **kwargs):
     """Approximate the posterior of a NumPyro model with any registered method.
 
     Parameters
@@ -42,11 +43,18 @@ def infer(model, *args, method, rng_key=None, progress: bool = True, mesh=None, 
     mesh : jax.sharding.Mesh, optional
         Devices to run on (``pp.make_mesh(chain=k, data=m)``): chains / restarts split
         along ``"chain"``, observed data along their plate along ``"data"``.
+    batches : pp.Batches, optional
+        Data that come as an iterable of minibatches (dicts of the model's keyword
+        data arguments) with the data set's size N; each step's likelihood is scaled by
+        N / B (see :class:`~ppl_posteriors.Batches`). Only methods that take stochastic
+        steps accept it (``supports_batches``); the results then hold no
+        ``log_likelihood`` or ``observed_data`` group.
 
     Returns
     -------
-    arviz.InferenceData
-        Groups ``posterior`` (chain, draw, *site shape) on the constrained space,
+    arviz.InferenceData or xarray.DataTree
+        ``InferenceData`` with ArviZ 0.23 (Python 3.11), ``xarray.DataTree`` with
+        ArviZ >= 1 (Python >= 3.12); the same in both: groups ``posterior`` (chain, draw, *site shape) on the constrained space,
         ``sample_stats``, ``log_likelihood``, ``observed_data``, and for Laplace and
         VI ``approximation``; ``attrs`` record the method, config, versions, timings
         and status.
@@ -67,8 +75,19 @@ def infer(model, *args, method, rng_key=None, progress: bool = True, mesh=None, 
     key = as_key(rng_key)
     jacobian = getattr(config, "jacobian", True)
     t0 = time.perf_counter()
-    template, arrays = model_template(model, args, kwargs, jacobian)
-    rt = Runtime(template, arrays, config, progress=progress, mesh=mesh)
+    stream = None
+    if batches is not None:
+        if not config.supports_batches:
+            takers = sorted(n for n, s in _REGISTRY.items() if s.config_cls.supports_batches)
+            raise ConfigError(
+                f"method {config.method_name or type(config).__name__!r} needs the full data and "
+                f"cannot take batches=; methods that take batches: {', '.join(takers) or 'none'}"
+            )
+        stream = BatchStream(model, args, kwargs, jacobian, batches)
+        template, arrays = stream.template, stream.arrays
+    else:
+        template, arrays = model_template(model, args, kwargs, jacobian)
+    rt = Runtime(template, arrays, config, progress=progress, mesh=mesh, batches=stream)
     raw = config.run(key, rt)
     draws = constrained_draws(rt, raw.position)
     raw.info.update(rt.timing())
@@ -76,6 +95,8 @@ def infer(model, *args, method, rng_key=None, progress: bool = True, mesh=None, 
         raw, rt.log_density, model=model, method=config.method_name, config=config.to_dict(), draws=draws,
     )
     # the whole call, results and diagnostics included: what the user waited for
+    if stream is not None:
+        idata.attrs.update(batches_num_data=stream.batches.num_data, batches_plate=stream.plate)
     idata.attrs["wall_time"] = time.perf_counter() - t0
     _report(idata, config)
     return idata

@@ -54,6 +54,8 @@ class MethodConfig(metaclass=_ConfigMeta):
     """
 
     method_name: ClassVar[str] = ""
+    #: takes ``pp.infer(..., batches=pp.Batches(...))`` (stochastic steps on minibatches)
+    supports_batches: ClassVar[bool] = False
 
     @property
     def num_parallel(self) -> int | None:

@@ -26,9 +26,11 @@ _TEMPLATES: dict = {}
 _LOCK = threading.Lock()
 
 
-def model_template(model, args: tuple, kwargs: dict, jacobian: bool = True):
+def model_template(model, args: tuple, kwargs: dict, jacobian: bool = True, check_data: bool = True):
     """``(template, arrays)`` for ``model(*args, **kwargs)``: the cached
     :class:`ModelTemplate` (traced on a miss) and the array arguments as ``jax.Array``.
+    ``check_data=False`` skips the NaN check of the observed data on a cache hit (the
+    caller checks them itself).
 
     Raises
     ------
@@ -44,7 +46,7 @@ def model_template(model, args: tuple, kwargs: dict, jacobian: bool = True):
         template = ModelTemplate(model, spec, arrays, jacobian)
         with _LOCK:
             _TEMPLATES[key] = template
-    else:
+    elif check_data:
         template.check_observed(arrays)
     return template, arrays
 
@@ -127,7 +129,7 @@ class ModelTemplate:
         (all items of subsampled plates); compiled once per template."""
         return self._observed_fn(tuple(arrays))[0]
 
-    def bind(self, arrays, *, rng_key=None, full_data: bool = False) -> LogDensity:
+    def bind(self, arrays, *, rng_key=None, full_data: bool = False, data_scale=None) -> LogDensity:
         """The :class:`LogDensity` of the model with these array arguments.
 
         ``arrays`` are concrete arrays or tracers (inside a jitted program).
@@ -135,17 +137,38 @@ class ModelTemplate:
         subsample_size=B)``); the likelihood of those plates is then scaled by N/B,
         an unbiased estimate of the full-data log density. ``full_data=True`` uses
         every item of every subsampled plate instead (for results and diagnostics).
+        ``data_scale=(plate, N)`` says that the arrays are one batch of a data set of N
+        items along ``plate`` (:class:`~ppl_posteriors.Batches`): the observed and factor
+        sites inside that plate are scaled by N / B, B the plate's size in this batch.
         """
         full = {n: size for n, (size, _) in self.subsample_plates.items()} if full_data else None
-        return _bind(self, tuple(arrays), rng_key, full)
+        return _bind(self, tuple(arrays), rng_key, full, data_scale)
 
 
-def _bind(template: ModelTemplate, arrays, rng_key, full_plates) -> LogDensity:
+def _batch_factors(template: ModelTemplate, data_scale) -> dict[str, float]:
+    """``{site: N / B}`` for the observed and factor sites inside the batch plate."""
+    if data_scale is None:
+        return {}
+    plate, num_data = data_scale
+    factor = num_data / template.trace.plates[plate][0]
+    kinds = (SiteKind.OBSERVED, SiteKind.FACTOR)
+    return {s.name: factor for s in template.sites if s.kind in kinds and plate in s.plates}
+
+
+def _times(scale, factor):
+    return factor if scale is None else scale * factor
+
+
+def _bind(template: ModelTemplate, arrays, rng_key, full_plates, data_scale=None) -> LogDensity:
     model, jacobian, observed_names = template.model, template.jacobian, template.observed_names
     args, kwargs = merge_args(template.spec, arrays)
+    factors = _batch_factors(template, data_scale)
 
     def run(position, key=rng_key):
-        return replay(model, args, kwargs, from_unconstrained(position), rng_key=key, full_plates=full_plates)
+        recs = replay(model, args, kwargs, from_unconstrained(position), rng_key=key, full_plates=full_plates)
+        for name, factor in factors.items():
+            recs[name] = recs[name]._replace(scale=_times(recs[name].scale, factor))
+        return recs
 
     def terms(recs, with_jacobian, kinds=(SiteKind.LATENT, SiteKind.OBSERVED, SiteKind.FACTOR)):
         out = {}
@@ -195,6 +218,7 @@ def _bind(template: ModelTemplate, arrays, rng_key, full_plates) -> LogDensity:
         return {n: _scaled(_elementwise(recs[n].fn, recs[n].value), recs[n].scale) for n in observed_names}
 
     observed, scales = template._observed_fn(arrays)  # compiled once; inlined inside a trace
+    scales = {n: _times(v, factors[n]) if n in factors else v for n, v in scales.items()}
     split = ModelSplit(
         observed_dists=observed_dists,
         log_prior=log_prior,

@@ -105,10 +105,12 @@ class Runtime:
     cache_hits, cache_misses : int
     """
 
-    def __init__(self, template, arrays, config, *, progress: bool = True, mesh=None):
+    def __init__(self, template, arrays, config, *, progress: bool = True, mesh=None, batches=None):
         _mesh.check_mesh(mesh, template, getattr(config, "num_parallel", None))
         self.template, self.config = template, config
-        self.log_density = template.bind(tuple(arrays))
+        self.batches = batches  # a runtime.batches.BatchStream, or None
+        self.data_scale = None if batches is None else batches.data_scale
+        self.log_density = template.bind(tuple(arrays), data_scale=self.data_scale)
         self.arrays = _mesh.place_arrays(mesh, template, arrays)
         self.progress = progress_enabled(progress)
         self.mesh = mesh
@@ -151,27 +153,40 @@ class Runtime:
         """
         cfg = self.config if isinstance(config, str) and config == "self" else config
         args = _mesh.replicate(self.mesh, args)
-        enabled = self.progress and bool(phases)
+        entry = self._entry(tag, fn, self.template, self.arrays, args, cfg, full_data,
+                            self.progress and bool(phases), desc, phases)
+        t0 = time.perf_counter()
+        with entry.bar:
+            out = _mesh.gather(jax.block_until_ready(entry.compiled(self.arrays, *args)))
+        self.run_time += time.perf_counter() - t0
+        return out
+
+    def _entry(self, tag, fn, template, arrays, args, cfg, full_data, enabled, desc="", phases=None,
+               scaled=True) -> _Entry:
+        """The cached executable of ``fn`` for these arguments (compiled on a miss);
+        ``scaled=False`` binds a batch without the N / B scale."""
+        data_scale = self.data_scale if scaled else None
         key = (
-            self.template,
+            template,
             _config_key(cfg),
             tag,
             enabled,
             full_data,
+            data_scale,
             None if self.mesh is None else (tuple(self.mesh.shape.items()), tuple(d.id for d in self.mesh.devices.flat)),
-            _abstract((self.arrays, args)),
+            _abstract((arrays, args)),
         )
         with _LOCK:
             entry = _PROGRAMS.get(key)
         if entry is None:
             bar = Progress(desc or getattr(cfg, "method_name", tag), phases or [], enabled)
-            template, ctx = self.template, ProgramContext(bar, self.mesh)
+            ctx = ProgramContext(bar, self.mesh)
 
             def program(arrays, *a):
-                return fn(template.bind(arrays, full_data=full_data), ctx, *a)
+                return fn(template.bind(arrays, full_data=full_data, data_scale=data_scale), ctx, *a)
 
             t0 = time.perf_counter()
-            compiled = jax.jit(program).lower(self.arrays, *args).compile()
+            compiled = jax.jit(program).lower(arrays, *args).compile()
             self.compile_time += time.perf_counter() - t0
             entry = _Entry(compiled, bar)
             with _LOCK:
@@ -182,11 +197,65 @@ class Runtime:
             with _LOCK:
                 _STATS["hits"] += 1
             self.cache_hits += 1
+        return entry
+
+    def stream(self, tag: str, fn: Callable, carry, rng_key, *, num_steps: int, desc: str = ""):
+        """Run ``carry, out = fn(log_density, ctx, carry, key)`` once per batch for
+        ``num_steps`` steps, cycling over the epochs of the call's :class:`Batches`.
+
+        Each step's ``log_density`` is bound to one batch (scaled by N / B). The step is
+        compiled once per batch shape and dispatched from a host loop with a host-side
+        progress bar; outputs stay on the device until the end.
+
+        Returns
+        -------
+        (carry, outs)
+            The final carry, and ``out`` stacked along a leading (num_steps,) axis.
+        """
+        import jax.numpy as jnp
+
+        if self.batches is None:
+            raise RuntimeError("Runtime.stream needs batches (pp.infer(..., batches=pp.Batches(...)))")
+        bar = Progress(desc or getattr(self.config, "method_name", tag), [("steps", num_steps)], self.progress)
+        keys = jax.random.split(rng_key, num_steps)
+        outs, programs = [], {}
         t0 = time.perf_counter()
-        with entry.bar:
-            out = _mesh.gather(jax.block_until_ready(entry.compiled(self.arrays, *args)))
-        self.run_time += time.perf_counter() - t0
-        return out
+        compile0 = self.compile_time
+        with bar:
+            for i, (template, arrays) in zip(range(num_steps), self.batches.stream(), strict=False):
+                arrays = _mesh.place_arrays(self.mesh, template, arrays)
+                exe = programs.get(template)
+                if exe is None:
+                    exe = self._entry(tag, fn, template, arrays, (carry, keys[i]), self.config, False, False).compiled
+                    programs[template] = exe
+                carry, out = exe(arrays, carry, keys[i])
+                outs.append(out)
+                bar.update(i)
+            carry, outs = jax.block_until_ready((carry, jax.tree.map(lambda *o: jnp.stack(o), *outs)))
+        self.run_time += time.perf_counter() - t0 - (self.compile_time - compile0)
+        return carry, outs
+
+    def epoch_sum(self, tag: str, fn: Callable, *args, config: Any = None):
+        """``Σ over one epoch of fn(log_density, ctx, *args)``, each batch bound without
+        the N / B scale, so sums of data terms are full-data sums (results, PSIS weights
+        of a batched fit). ``fn`` returns a pytree of arrays; compiled once per batch shape."""
+        if self.batches is None:
+            raise RuntimeError("Runtime.epoch_sum needs batches")
+        total, programs = None, {}
+        t0 = time.perf_counter()
+        compile0 = self.compile_time
+        args = _mesh.replicate(self.mesh, args)
+        for template, arrays in self.batches.stream(epochs=1):
+            arrays = _mesh.place_arrays(self.mesh, template, arrays)
+            exe = programs.get(template)
+            if exe is None:
+                exe = self._entry(tag, fn, template, arrays, args, config, True, False, scaled=False).compiled
+                programs[template] = exe
+            out = exe(arrays, *args)
+            total = out if total is None else jax.tree.map(jax.numpy.add, total, out)
+        total = _mesh.gather(jax.block_until_ready(total))
+        self.run_time += time.perf_counter() - t0 - (self.compile_time - compile0)
+        return total
 
     def timing(self) -> dict:
         """Entries for ``idata.attrs``: compile_time, run_time, cache_hit (1 if nothing compiled)."""

@@ -23,8 +23,29 @@ def _weights(ld, bar, approx, draws):
 
 def approximation_weights(rt, approx, draws):
     """``(lp, log_weight)``, each (S,), for flat draws (S, D) of ``approx`` (which has
-    ``log_prob``): the unnormalised log posterior (Jacobian included) and log p - log q."""
-    return rt.call("weights", _weights, approx, draws, full_data=True, config=None)
+    ``log_prob``): the unnormalised log posterior (Jacobian included) and log p - log q.
+
+    With batches (``pp.Batches``) the log posterior is summed over one epoch: the
+    global sites' terms once, the batch plate's terms from every batch, unscaled."""
+    if rt.batches is None:
+        return rt.call("weights", _weights, approx, draws, full_data=True, config=None)
+    local = rt.batches.plate_sites
+
+    def per_batch(ld, ctx, draws):
+        terms = jax.vmap(ld.site_terms)(ld.unravel(draws))
+        return sum(v for k, v in terms.items() if k in local)
+
+    def global_terms(ld, ctx, draws):
+        pos = ld.unravel(draws)
+        terms = jax.vmap(ld.site_terms)(pos)
+        lp_global = sum((v for k, v in terms.items() if k not in local), 0.0)
+        if not ld.jacobian:  # the weights need the Jacobian of the posterior density
+            lp_global = lp_global + jax.vmap(ld.posterior_logdensity_fn)(pos) - jax.vmap(ld.logdensity_fn)(pos)
+        return lp_global
+
+    lp = rt.call("weights_global", global_terms, draws, full_data=True, config=None)
+    lp = lp + rt.epoch_sum("weights_local", per_batch, draws)
+    return lp, lp - approx.log_prob(draws)
 
 
 def _constrain(ld, bar, position):
@@ -35,6 +56,19 @@ def _constrain(ld, bar, position):
 
 def constrained_draws(rt, position):
     """``(posterior, log_likelihood, observed)`` as numpy dicts for ``position`` with leaves
-    (chain, draw, *unconstrained shape)."""
+    (chain, draw, *unconstrained shape).
+
+    With batches the full data are never in memory: ``posterior`` holds the global
+    sites (deterministic sites inside the batch plate are left out), and the other
+    two are empty."""
+    if rt.batches is not None:
+        local = rt.batches.plate_sites
+
+        def _global(ld, ctx, position):
+            mapped = jax.vmap(jax.vmap(ld.constrain))(position)
+            return {k: v for k, v in mapped.items() if k not in local}
+
+        posterior = rt.call("results_batched", _global, position, full_data=True, config=None)
+        return {k: np.asarray(v) for k, v in posterior.items()}, {}, {}
     out = rt.call("results", _constrain, position, full_data=True, config=None)
     return tuple({k: np.asarray(v) for k, v in d.items()} for d in out)
