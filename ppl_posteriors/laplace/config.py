@@ -35,6 +35,7 @@ from .._errors import Status
 from ..density.init import draw_initial_positions
 from ..registry import MethodConfig, register_method
 from ..results.raw import KHAT_DRAWS, RawPosterior
+from ..runtime.programs import approximation_weights
 from .gaussian import DenseGaussian, laplace_log_evidence
 from .mode import find_map_multistart
 
@@ -154,19 +155,28 @@ class Laplace(MethodConfig):
         )
         res = ms.best
         approx = DenseGaussian(res.position, res.precision, res.cholesky)
-        draws = approx.sample_flat(k_draw, max(self.num_samples, KHAT_DRAWS))
-        lp = jax.vmap(ld.posterior_logdensity_fn)(ld.unravel(draws))
-        # where to name non-finite sites: the end point, or its start if the end is not finite
-        point = jnp.where(jnp.all(jnp.isfinite(res.position)), res.position, x0[ms.index])
-        terms = ld.site_terms(ld.unravel(point))
-        grads = jax.grad(ld.logdensity_fn)(ld.unravel(point))
-        return ms, x0, ok, approx, draws, lp, lp - approx.log_prob(draws), (point, terms, grads)
+        return ms, x0, ok, approx, approx.sample_flat(k_draw, max(self.num_samples, KHAT_DRAWS))
+
+    @staticmethod
+    def _at_point(ld, ctx, point):
+        """Per-site log-density terms and gradients at ``point`` (D,): names the culprit
+        of a non-finite result (a separate program, run only then)."""
+        pos = ld.unravel(point)
+        return ld.site_terms(pos), jax.grad(ld.logdensity_fn)(pos)
 
     def run(self, rng_key, rt) -> RawPosterior:
         ld = rt.log_density
         ld.require_full_data("Laplace")
-        out = rt.call("laplace", self._program, rng_key)
-        ms, x0, ok, approx, draws, lp, log_weight, at_point = out
+        # the search and the draws in one program; the draws' log densities in the program
+        # shared with VI (compiled once per model); small programs compile faster
+        ms, x0, ok, approx, draws = rt.call("laplace", self._program, rng_key)
+        lp, log_weight = approximation_weights(rt, approx, draws)
+        at_point = None
+        if int(np.asarray(ms.tier)[int(ms.index)]) == 0:
+            # where to name non-finite sites: the end point, or its start if the end is not finite
+            end = np.asarray(ms.best.position)
+            point = end if np.all(np.isfinite(end)) else np.asarray(x0)[int(ms.index)]
+            at_point = (point, *rt.call("laplace_at_point", self._at_point, point))
         res = ms.best
         khat_log_weights = log_weight
         n = self.num_samples
@@ -272,13 +282,13 @@ def _diagnose(cfg: Laplace, ms, ok, at_point, ld, lp) -> tuple[Status, list[str]
     res = ms.best
     tier = int(np.asarray(ms.tier)[int(ms.index)])
     names = ld.param_names()
-    point, terms, grads = at_point
     x, g = np.asarray(res.position), np.asarray(res.grad)
     lp_best, dec = float(res.logdensity), float(res.decrement)
     nstarts = cfg.num_starts
 
     # 1. non-finite density or gradient
     if tier == 0:
+        point, terms, grads = at_point
         bad_terms, bad_grads = _nonfinite_sites(terms), _nonfinite_sites(grads)
         detail = []
         if bad_terms:

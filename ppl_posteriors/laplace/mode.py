@@ -112,23 +112,23 @@ def find_map(
     )
     x = sol.value
 
+    # safeguarded Newton polishing: one evaluation of the Newton state (value, gradient,
+    # Hessian, Cholesky, step) per iteration, at the candidate point, which is accepted
+    # unless the density drops by more than round-off or the state is not finite; the
+    # Hessian of the model is traced once (a single call site keeps the program small)
+    def polish(i, carry):
+        x, state, cand = carry
+        new = _newton_state(f, cand)
+        lp, lp_new = state[0], new[0]
+        slack = 100 * jnp.finfo(x.dtype).eps * (1 + jnp.abs(lp))
+        ok = (i == 0) | (jnp.isfinite(lp_new) & jnp.all(jnp.isfinite(new[4])) & (lp_new >= lp - slack))
+        x, state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), (cand, new), (x, state))
+        return x, state, x + state[4]
+
     d = x.shape[0]
     zeros = (jnp.zeros((), x.dtype), jnp.zeros((d,), x.dtype), jnp.zeros((d, d), x.dtype),
              jnp.zeros((d, d), x.dtype), jnp.zeros((d,), x.dtype))
-
-    def polish(i, carry):
-        # the Hessian is traced once: iteration i evaluates the state at x and, unless it
-        # is the last one, takes the Newton step when it is safe
-        x, _ = carry
-        state = _newton_state(f, x)
-        lp, _g, _h, chol, step = state
-        x_new = x + step
-        # accept unless the density drops by more than round-off
-        slack = 100 * jnp.finfo(x.dtype).eps * (1 + jnp.abs(lp))
-        ok = jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.isfinite(x_new)) & (f(x_new) >= lp - slack)
-        return jnp.where(ok & (i < newton_steps), x_new, x), (x, state)
-
-    _, (x, (lp, g, h, chol, _step)) = jax.lax.fori_loop(0, newton_steps + 1, polish, (x, (x, zeros)))
+    x, (lp, g, h, chol, _step), _ = jax.lax.fori_loop(0, newton_steps + 1, polish, (x, zeros, x))
     return MAPResult(
         position=x,
         logdensity=lp,
