@@ -4,7 +4,7 @@
 >>> idata = pp.infer(model, x, y=y, method="nuts", rng_key=jax.random.key(0))
 """
 
-from . import datasets, examples
+from . import datasets, examples, linalg
 from ._errors import ConfigError, ModelError, NumericalError, NumericalWarning, Status
 from .api import infer, log_density
 from .density import LogDensity, ModelSplit
@@ -42,6 +42,7 @@ __all__ = [
     "register_method",
     "datasets",
     "examples",
+    "linalg",
     "sample_approximation",
     "cache_info",
     "clear_cache",
