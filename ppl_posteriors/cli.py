@@ -19,6 +19,7 @@ def _demo(args) -> int:
     import ppl_posteriors as pp
     from ppl_posteriors import datasets, examples
     from ppl_posteriors.results.compare import method_table, parameter_table, plot_forest
+    from ppl_posteriors.results.compat import to_netcdf
 
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -63,7 +64,7 @@ def _demo(args) -> int:
                     print(f"  warning ({label}): {w.message}")
             results[label] = idata
             path = os.path.join(out, f"{slug}_{cfg.method_name}.nc")
-            idata.to_netcdf(path)
+            to_netcdf(idata, path)
         if slug == "eight_schools":  # compiled programs are cached: the same call again pays only the run
             print("\nagain with a new key (cached programs: no tracing, no compiling):")
             for label, cfg in configs.items():

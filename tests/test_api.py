@@ -43,19 +43,22 @@ def test_unknown_method_and_option():
 
 @pytest.mark.parametrize("name", sorted(pp.methods()))
 def test_every_method_on_normal_normal(name):
-    """Protocol: every registered method returns InferenceData with the common schema and
-    the right answer on a conjugate model (exact for Laplace, MCSE/optimisation-scaled otherwise)."""
+    """Protocol: every registered method returns the installed ArviZ's result type
+    (InferenceData or DataTree) with the common schema and the right answer on a conjugate
+    model (exact for Laplace, MCSE/optimisation-scaled otherwise)."""
+    from ppl_posteriors.results import compat
+
     idata = pp.infer(normal_normal, y=Y, method=name, rng_key=jax.random.key(11))
-    assert isinstance(idata, az.InferenceData)
+    assert isinstance(idata, compat.RESULT_TYPE)
     for group in ("posterior", "sample_stats", "log_likelihood", "observed_data"):
-        assert group in idata.groups()
+        assert group in compat.group_names(idata)
     mean, sd = posterior_normal_normal()
     mu = idata.posterior["mu"]
     assert mu.dims == ("chain", "draw")
     assert idata.log_likelihood["y"].dims[2:] == ("data",)
     assert idata.attrs["method"] == name and idata.attrs["status"] == "success"
-    if "approximation" in idata.groups():
-        ap = idata.approximation
+    if "approximation" in compat.group_names(idata):
+        ap = compat.get_group(idata, "approximation")
         fitted_sd = (ap["precision"].values[0, 0] ** -0.5 if "precision" in ap else ap["scale"].values[0])
         tol = 1e-8 if name == "laplace" else 0.02
         np.testing.assert_allclose(ap["mean"].values[0], mean, rtol=tol, atol=tol * sd)

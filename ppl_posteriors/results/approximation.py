@@ -1,4 +1,4 @@
-"""Storing a fitted approximation in InferenceData and drawing from it again.
+"""Storing a fitted approximation in a result (InferenceData / DataTree) and drawing from it again.
 
 An approximation (Laplace's Gaussian, VI's guide) is a NamedTuple class with
 
@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from .._errors import ConfigError
+from . import compat
 
 __all__ = ["approximation_to_dataset", "load_approximation", "register_approximation"]
 
@@ -27,7 +28,7 @@ _KINDS: dict[str, type] = {}
 
 
 def register_approximation(cls: type) -> type:
-    """Class decorator: make ``cls`` reloadable from InferenceData by its ``kind``."""
+    """Class decorator: make ``cls`` reloadable from a stored result by its ``kind``."""
     _KINDS[cls.kind] = cls
     return cls
 
@@ -56,12 +57,12 @@ def load_approximation(idata):
         If ``idata`` has no ``approximation`` group (e.g. it came from NUTS) or its
         kind is unknown.
     """
-    if "approximation" not in idata.groups():
+    if "approximation" not in compat.group_names(idata):
         raise ConfigError(
-            "this InferenceData has no 'approximation' group; only Laplace and VI results "
+            "this result has no 'approximation' group; only Laplace and VI results "
             "store one (MCMC draws cannot be re-sampled this way)"
         )
-    ds = idata.approximation
+    ds = compat.get_group(idata, "approximation")
     kind = str(ds.attrs.get("kind"))
     cls = _KINDS.get(kind)
     if cls is None:

@@ -1,4 +1,5 @@
-"""RawPosterior -> arviz.InferenceData: the only module that imports ArviZ.
+"""RawPosterior -> the installed ArviZ's result type: ``arviz.InferenceData`` (ArviZ 0.23)
+or ``xarray.DataTree`` (ArviZ >= 1), through :mod:`.compat`, which alone knows which.
 
 Groups: ``posterior`` (constrained values of every latent and deterministic
 site, dims named after plates, coords from ``@pp.model(coords=...)``),
@@ -13,10 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from importlib import metadata
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +24,7 @@ from .._errors import ConfigError, Status
 from .._progress import as_key
 from ..model.decorator import model_meta
 from ..model.sites import SiteKind
+from . import compat
 from .approximation import approximation_to_dataset, load_approximation
 from .raw import RawPosterior
 
@@ -86,13 +86,7 @@ def _flat_elements(posterior: dict, names) -> tuple[list[str], np.ndarray]:
 
 def _per_element(draws: np.ndarray, kind: str) -> np.ndarray:
     """R-hat (``kind="rhat"``) or bulk / tail ESS of every element of (chain, draw, element)."""
-    if draws.shape[-1] == 0:
-        return np.zeros(0)
-    ds = az.convert_to_dataset({"x": draws})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = az.rhat(ds) if kind == "rhat" else az.ess(ds, method=kind)
-    return np.asarray(out["x"].values, dtype=np.float64).reshape(-1)
+    return compat.rhat(draws) if kind == "rhat" else compat.ess(draws, kind)
 
 
 def _worst(labels, values, fmt: str, *, largest: bool, beyond=None) -> str:
@@ -182,10 +176,7 @@ def _diagnose(raw: RawPosterior, posterior: dict, stats: dict, latent=None):
             if np.ptp(lw) <= 1e-8 * (1.0 + np.abs(lw).max()):
                 khat = float("-inf")  # constant weights: q equals the posterior
             else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    _, khat = az.psislw(lw - lw.max())
-                khat = float(khat)
+                khat = compat.psis_khat(lw)
             threshold = min(1.0 - 1.0 / np.log10(lw.size), 0.7)
             attrs["psis_khat"] = khat
             if khat > threshold:
@@ -213,8 +204,11 @@ def to_inference_data(
     config: dict | None = None,
     wall_time: float | None = None,
     draws: tuple | None = None,
-) -> az.InferenceData:
-    """Convert ``raw`` (draws on the unconstrained space) to ``arviz.InferenceData``.
+) -> compat.RESULT_TYPE:
+    """Convert ``raw`` (draws on the unconstrained space) to the installed ArviZ's result.
+
+    ``arviz.InferenceData`` with ArviZ 0.23, ``xarray.DataTree`` with ArviZ >= 1; the
+    groups, dims, coords and ``attrs`` are the same (see :mod:`.compat`).
 
     Parameters
     ----------
@@ -260,23 +254,17 @@ def to_inference_data(
     attrs["status"] = status.value
     attrs["status_messages"] = " | ".join(messages)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        idata = az.from_dict(
-            posterior=posterior,
-            sample_stats=stats or None,
-            observed_data=observed or None,
-            coords=coords,
-            dims={n: d for n, d in dims.items() if n in posterior or n in observed},
-            attrs=attrs,
-        )
-        idata.attrs.update(_versions())  # from_dict drops an "arviz_version" given in attrs
-        if log_lik:
-            ll = az.from_dict(log_likelihood=log_lik, coords=coords, dims=ll_dims)
-            idata.add_groups({"log_likelihood": ll.log_likelihood})
-        if raw.approximation is not None:
-            idata.add_groups({"approximation": approximation_to_dataset(raw.approximation, log_density)})
-    return idata
+    site_dims = {n: d for n, d in dims.items() if n in posterior or n in observed}
+    groups = {
+        "posterior": compat.dict_to_dataset(posterior, coords=coords, dims=site_dims),
+        "sample_stats": compat.dict_to_dataset(stats) if stats else None,
+        "log_likelihood": compat.dict_to_dataset(log_lik, coords=coords, dims=ll_dims) if log_lik else None,
+        "observed_data": (compat.dict_to_dataset(observed, coords=coords, dims=site_dims, sample=False)
+                          if observed else None),
+        "approximation": (approximation_to_dataset(raw.approximation, log_density)
+                          if raw.approximation is not None else None),
+    }
+    return compat.make_result(groups, {**attrs, **_versions()})
 
 
 def sample_approximation(
@@ -287,14 +275,15 @@ def sample_approximation(
     model=None,
     model_args: tuple = (),
     model_kwargs: dict | None = None,
-) -> az.InferenceData:
+) -> compat.RESULT_TYPE:
     """Draw again from the approximation stored in ``idata`` (Laplace or VI results).
 
-    Works on a result reloaded with ``az.from_netcdf``.
+    Works on a result reloaded with ``az.from_netcdf`` (or :func:`.compat.from_netcdf`),
+    including a file written under the other ArviZ version.
 
     Parameters
     ----------
-    idata : arviz.InferenceData
+    idata : arviz.InferenceData or xarray.DataTree
         A result with an ``approximation`` group.
     rng_key : jax key or int, optional
         Random key (default: key 0).
@@ -309,8 +298,8 @@ def sample_approximation(
 
     Returns
     -------
-    arviz.InferenceData
-        Draws with shape (chain=1, draw=num_samples, ...).
+    arviz.InferenceData or xarray.DataTree
+        The installed ArviZ's result type; draws with shape (chain=1, draw=num_samples, ...).
 
     Raises
     ------
@@ -326,12 +315,10 @@ def sample_approximation(
             n = math.prod(shape)
             out[name] = np.asarray(flat[..., i : i + n]).reshape((1, num_samples) + shape)
             i += n
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return az.InferenceData(unconstrained_posterior=az.dict_to_dataset(out))
+        return compat.make_result({"unconstrained_posterior": compat.dict_to_dataset(out)}, {})
     from ..density import build_log_density
 
-    jacobian = bool(int(idata.approximation.attrs.get("jacobian", 1)))
+    jacobian = bool(int(compat.get_group(idata, "approximation").attrs.get("jacobian", 1)))
     ld = build_log_density(model, tuple(model_args), dict(model_kwargs or {}), jacobian=jacobian)
     if ld.layout != layout:
         raise ConfigError(
@@ -339,8 +326,8 @@ def sample_approximation(
             f"{list(layout)}; pass the same model and arguments that produced it"
         )
     observed = {n: np.asarray(v) for n, v in ld.split.observed.items()}
-    if "observed_data" in idata.groups():
-        stored = {n: np.asarray(v) for n, v in idata.observed_data.data_vars.items()}
+    if "observed_data" in compat.group_names(idata):
+        stored = {n: np.asarray(v) for n, v in compat.get_group(idata, "observed_data").data_vars.items()}
         same = set(stored) == set(observed) and all(
             stored[n].shape == observed[n].shape and np.allclose(stored[n], observed[n]) for n in observed
         )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
-import arviz as az
 import numpy as np
 import pandas as pd
+
+from . import compat
 
 __all__ = ["accuracy", "method_table", "parameter_table", "plot_forest"]
 
@@ -64,29 +63,9 @@ def method_table(results: dict, var_names, reference: str | None = None) -> pd.D
 
 
 def plot_forest(results: dict, var_names, path, title: str = ""):
-    """ArviZ forest plot (94% HDI) of ``var_names`` for every method, saved to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    """ArviZ forest plot (94% HDI, chains combined) of ``var_names`` for every method, saved to
+    ``path`` (PNG); works with either ArviZ version (see :func:`.compat.plot_forest`)."""
     first = next(iter(results.values()))
     rows = sum(int(np.prod(first.posterior[v].shape[2:])) for v in var_names)  # scalars and elements
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        axes = az.plot_forest(
-            list(results.values()),
-            model_names=list(results),
-            var_names=list(var_names),
-            combined=True,
-            hdi_prob=0.94,
-            figsize=(7, 1.2 + 0.22 * rows * len(results)),
-        )
-    ax = np.ravel(axes)[0]
-    fig = ax.figure
-    if title:
-        ax.set_title(f"{title}\n94% HDI", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return compat.plot_forest(results, var_names, path, hdi_prob=0.94, title=title,
+                              height=1.2 + 0.22 * rows * len(results))
