@@ -8,8 +8,20 @@ from . import datasets, examples, linalg
 from ._errors import ConfigError, ModelError, NumericalError, NumericalWarning, Status
 from .api import infer, log_density
 from .density import LogDensity, ModelSplit
-from .laplace import Laplace
-from .mcmc import NUTS
+from .laplace import Laplace, optimize_prior
+from .mcmc import (
+    HMC,
+    MALA,
+    MCLMC,
+    NUTS,
+    RMH,
+    SMC,
+    AdjustedMCLMC,
+    Barker,
+    ChEESHMC,
+    EllipticalSlice,
+    Slice,
+)
 from .model import Site, SiteKind, model
 from .model.args import static
 from .registry import MethodConfig, methods, register_method
@@ -22,6 +34,17 @@ __version__ = "0.1.0"
 __all__ = [
     "Batches",
     "NUTS",
+    "AdjustedMCLMC",
+    "Barker",
+    "ChEESHMC",
+    "EllipticalSlice",
+    "HMC",
+    "MALA",
+    "MCLMC",
+    "RMH",
+    "SMC",
+    "Slice",
+    "optimize_prior",
     "ConfigError",
     "Laplace",
     "LogDensity",

@@ -29,3 +29,99 @@ def test_nuts_kernel_signature_and_info():
     for field in ("is_divergent", "energy", "num_trajectory_expansions", "num_integration_steps", "acceptance_rate"):
         assert hasattr(info, field)
     assert set(state._fields) == {"position", "logdensity", "logdensity_grad"}
+
+
+# -- the kernels and tuners behind pp.HMC, MALA, Barker, RMH, MCLMC, AdjustedMCLMC,
+# EllipticalSlice, ChEESHMC, Slice and SMC: names and order of the arguments we pass,
+# and the state / info fields we read
+
+
+def _params(fn):
+    return list(inspect.signature(fn).parameters)
+
+
+def test_sampler_kernel_signatures():
+    from blackjax.mcmc import adjusted_mclmc_dynamic, dynamic_hmc, random_walk
+
+    assert _params(blackjax.hmc.build_kernel())[:6] == [
+        "rng_key", "state", "logdensity_fn", "step_size", "inverse_mass_matrix", "num_integration_steps"
+    ]
+    assert _params(blackjax.mala.build_kernel())[:4] == ["rng_key", "state", "logdensity_fn", "step_size"]
+    assert _params(blackjax.barker.build_kernel())[:5] == [
+        "rng_key", "state", "logdensity_fn", "step_size", "inverse_mass_matrix"
+    ]
+    assert _params(random_walk.build_additive_step())[:4] == ["rng_key", "state", "logdensity_fn", "random_step"]
+    assert _params(blackjax.normal_random_walk) == ["logdensity_fn", "sigma"]
+    assert _params(blackjax.mcmc.mclmc.build_kernel())[:6] == [
+        "rng_key", "state", "logdensity_fn", "inverse_mass_matrix", "L", "step_size"
+    ]
+    amd = _params(adjusted_mclmc_dynamic.build_kernel())
+    assert amd[:4] == ["rng_key", "state", "logdensity_fn", "step_size"]
+    assert {"inverse_mass_matrix", "integration_steps_params"} <= set(amd)
+    assert _params(adjusted_mclmc_dynamic.init) == ["position", "logdensity_fn", "random_generator_arg"]
+    assert _params(adjusted_mclmc_dynamic.make_random_trajectory_length_fn) == ["random_trajectory_length"]
+    dh = _params(dynamic_hmc.build_kernel())
+    assert dh[:5] == ["rng_key", "state", "logdensity_fn", "step_size", "inverse_mass_matrix"]
+    assert "integration_steps_params" in dh
+    assert {"next_random_arg_fn", "integration_steps_fn"} <= set(_params(dynamic_hmc.build_kernel))
+    assert _params(dynamic_hmc.halton_sequence) == ["i", "max_bits"]
+    assert _params(blackjax.elliptical_slice.build_kernel) == ["cov_matrix", "mean"]
+    assert {"mean", "cov"} <= set(_params(blackjax.mcmc.elliptical_slice.as_top_level_api))
+    assert {"proposal_generator", "width", "max_expansions"} <= set(_params(blackjax.mcmc.slice.as_top_level_api))
+    assert _params(blackjax.mcmc.slice.direction_proposal) == ["scale"]
+
+
+def test_tuner_signatures():
+    mclmc = _params(blackjax.mclmc_find_L_and_step_size)
+    assert mclmc[:4] == ["mclmc_kernel", "num_steps", "state", "rng_key"]
+    assert {"logdensity_fn", "frac_tune1", "frac_tune2", "frac_tune3", "desired_energy_var",
+            "diagonal_preconditioning"} <= set(mclmc)
+    adj = _params(blackjax.adjusted_mclmc_find_L_and_step_size)
+    assert adj[:6] == ["mclmc_kernel", "logdensity_fn", "num_steps", "state", "rng_key", "target"]
+    assert {"frac_tune1", "frac_tune2", "frac_tune3", "diagonal_preconditioning",
+            "target_num_integration_steps"} <= set(adj)
+    chees = _params(blackjax.chees_adaptation)
+    assert chees[:2] == ["logdensity_fn", "num_chains"]
+    assert {"target_acceptance_rate", "max_leapfrog_steps", "mass_matrix_estimation",
+            "adaptation_info_fn"} <= set(chees)
+
+
+def test_smc_signatures():
+    from blackjax.smc import adaptive_tempered, resampling, tempered
+
+    assert _params(adaptive_tempered.build_kernel)[:6] == [
+        "logprior_fn", "loglikelihood_fn", "mcmc_step_fn", "mcmc_init_fn", "resampling_fn", "target_ess"
+    ]
+    assert _params(tempered.build_kernel)[:5] == [
+        "logprior_fn", "loglikelihood_fn", "mcmc_step_fn", "mcmc_init_fn", "resampling_fn"
+    ]
+    assert _params(resampling.systematic) == ["rng_key", "weights", "num_samples"]
+    logdensity = lambda x: -0.5 * jnp.sum(x["a"] ** 2)  # noqa: E731
+    step = adaptive_tempered.build_kernel(
+        logdensity, logdensity, blackjax.hmc.build_kernel(), blackjax.hmc.init, resampling.systematic, 0.5
+    )
+    state = adaptive_tempered.init({"a": jnp.zeros((16, 2))})
+    params = {"step_size": jnp.full((1,), 0.5), "inverse_mass_matrix": jnp.ones((1, 2)),
+              "num_integration_steps": jnp.full((1,), 3)}
+    state, info = step(jax.random.key(0), state, 2, params)
+    assert set(state._fields) >= {"particles", "weights", "tempering_param"}
+    assert info.log_likelihood_increment.shape == () and info.update_info.acceptance_rate.shape == (16, 2)
+
+
+def test_sampler_infos_have_the_fields_we_map():
+    fields = lambda cls: set(cls._fields)  # noqa: E731
+    from blackjax.mcmc.barker import BarkerInfo
+    from blackjax.mcmc.elliptical_slice import EllipSliceInfo
+    from blackjax.mcmc.hmc import HMCInfo
+    from blackjax.mcmc.mala import MALAInfo, MALAState
+    from blackjax.mcmc.mclmc import MCLMCInfo
+    from blackjax.mcmc.random_walk import RWInfo
+    from blackjax.mcmc.slice import SliceInfo
+
+    assert {"energy", "is_divergent", "num_integration_steps", "acceptance_rate"} <= fields(HMCInfo)
+    assert "acceptance_rate" in fields(MALAInfo) and "acceptance_rate" in fields(BarkerInfo)
+    assert "acceptance_rate" in fields(RWInfo)
+    assert {"energy_change", "nonans"} <= fields(MCLMCInfo)
+    assert "subiter" in fields(EllipSliceInfo)
+    assert {"num_expansions", "num_shrink"} <= fields(SliceInfo)
+    assert list(MALAState._fields) == ["position", "logdensity", "logdensity_grad"]

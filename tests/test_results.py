@@ -139,3 +139,27 @@ def test_coords_of_wrong_length_raise(es):
     bad = pp.model(coords={"school": ["a", "b"]})(eight_schools_noncentered.__wrapped__)
     with pytest.raises(pp.ConfigError, match="2 labels.*'school'"):
         pp.infer(bad, *args, method=pp.Laplace(throw=False), **kwargs)
+
+
+def test_laplace_predictives_become_groups():
+    """Laplace's predictive=("glm", "probit", "mc"): draws through the model in
+    posterior_predictive, the linearised logits and probit probabilities in predictive_glm."""
+    from ppl_posteriors import datasets, examples
+    from ppl_posteriors.results import compat
+
+    X, y = datasets.breast_cancer()[:2]
+    X, y = X[:60, :3], y[:60]
+    cfg = pp.Laplace(predictive=("glm", "probit", "mc"), num_samples=100)
+    res = pp.infer(examples.logistic_regression, X, y=y, method=cfg, rng_key=0, progress=False)
+    glm = compat.get_group(res, "predictive_glm")
+    mean, var = glm["y_logits_mean"].values, glm["y_logits_var"].values
+    assert glm["y_logits_mean"].dims == ("obs_id",) and np.all(var > 0)
+    # MacKay's probit approximation of E[sigmoid(f)], f ~ N(mean, var)
+    expected = 1 / (1 + np.exp(-mean / np.sqrt(1 + np.pi * var / 8)))
+    np.testing.assert_allclose(glm["y_probs"].values, expected, rtol=1e-6)
+    draws = compat.get_group(res, "posterior_predictive")["y"]
+    assert draws.dims == ("chain", "draw", "obs_id") and draws.shape == (1, 100, 60)
+    assert set(np.unique(draws.values)) <= {0, 1}
+    # the draws' class frequencies follow the probit probabilities (binomial sd per datum)
+    freq = draws.values.mean(axis=(0, 1))
+    assert np.mean(np.abs(freq - expected)) < 0.1

@@ -25,18 +25,21 @@ References: Tierney & Kadane (1986), JASA 81:82-86; MacKay (1992), Neural Comput
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.distributions import constraints
 
-from .._errors import Status
+from .._errors import ConfigError, NumericalWarning, Status
 from ..density.init import draw_initial_positions
 from ..registry import MethodConfig, register_method
 from ..results.raw import KHAT_DRAWS, RawPosterior
 from ..runtime.programs import approximation_weights
 from .gaussian import DenseGaussian, laplace_log_evidence
+from .diagnose import _diagnose
+from .fit import fit_approximation, site_index
 from .mode import find_map_multistart
 
 __all__ = ["Laplace"]
@@ -50,10 +53,43 @@ _EDGE_Z = 12.0
 
 @dataclasses.dataclass(frozen=True)
 class Laplace(MethodConfig):
-    """Laplace approximation at the MAP with the exact dense Hessian.
+    """Laplace approximation at the MAP: curvature x structure (default: exact dense Hessian).
 
     Parameters
     ----------
+    curvature : {"hessian", "ggn", "fisher", "mc_fisher"}, default "hessian"
+        The precision's likelihood part (the prior part is always the exact -∇² log prior,
+        log-Jacobian included): the exact Hessian of -logdensity_fn; the generalised
+        Gauss-Newton Jᵀ I(z) J with I(z) the observed distributions' Fisher information in
+        their parameters z (= the Hessian of -log p(y | z) for natural parameters; see
+        ``laplace.outer``); the empirical Fisher Σ_n g_n g_nᵀ (per-datum gradients along the
+        observed sites' batch shape); or the expected Fisher by ``num_fisher_samples``
+        draws of y from the model.
+    structure : {"full", "diag", "lowrank", "kron"}, default "full"
+        How the precision is stored (``laplace.structures``): dense (the only one that forms
+        a d x d matrix), its exact diagonal, the top-``rank`` Lanczos eigenpairs of the
+        likelihood part plus the diagonal of the prior part, or K-FAC blocks for the layers
+        marked with :func:`ppl_posteriors.laplace.dense` plus the exact diagonal elsewhere
+        (kron needs a GGN/Fisher curvature; ``hessian`` with ``kron`` raises ConfigError).
+    sites : sequence of str or None
+        Laplace over these latent sites only, the others held at the MAP (subnetwork /
+        last-layer Laplace). None: every site.
+    rank : int, default 10
+        Rank k of ``structure="lowrank"``.
+    num_fisher_samples : int, default 64
+        Draws of y for ``mc_fisher`` and for a GGN outer matrix with no closed form.
+    batch_size : int or None, default 256
+        Coordinates per chunk of the matrix-free diagonals (memory ~ batch_size x data).
+    fallback : sequence of str, default ()
+        Tried in order when the precision is not finite or not positive definite, each
+        "curvature", "structure" or "curvature:structure", with "+jitter" to add
+        ``jitter`` to the diagonal (e.g. ``("ggn", "ggn:diag+jitter")``). Recorded in
+        ``attrs["fallback"]`` and ``attrs["fallback_used"]``; nothing is tried silently.
+    jitter : float, default 1e-6
+        Added to the precision's diagonal by a "+jitter" fallback.
+    predictive : sequence of {"glm", "mc", "probit"}, default ()
+        Predictives to compute (``laplace.predictive``), returned in
+        ``RawPosterior.info["posterior_predictive"]``.
     num_samples : int, default 1000
         Draws from N(z*, P⁻¹), returned as one chain.
     num_starts : int, default 4
@@ -83,6 +119,13 @@ class Laplace(MethodConfig):
     throw : bool, default True
         Raise ``NumericalError`` on a failure (see Status below); with False the
         status is only recorded in ``idata.attrs``.
+
+    The Laplace log marginal likelihood log Z ≈ f(z*) + d/2 log 2π − ½ log det P is in
+    ``attrs["log_evidence"]`` for every curvature and structure (with ``sites``, of the
+    chosen sites given the others at the MAP). In float32 a precision whose condition
+    number exceeds 1e4 gives a ``NumericalWarning`` with advice. A curvature other than
+    the Hessian accepts a stationary point whose Hessian is indefinite (its own positive
+    definiteness is checked instead, status 3 below).
 
     Status
     ------
@@ -128,9 +171,35 @@ class Laplace(MethodConfig):
     atol: float | None = None
     mode_tol: float = 0.01
     throw: bool = True
+    curvature: str = "hessian"
+    structure: str = "full"
+    sites: tuple | None = None
+    rank: int = 10
+    num_fisher_samples: int = 64
+    batch_size: int | None = 256
+    fallback: tuple = ()
+    jitter: float = 1e-6
+    predictive: tuple = ()
+    _jitter_on: bool = dataclasses.field(default=False, repr=False)
 
     def __post_init__(self):
-        self._positive_int("num_samples", "num_starts", "max_steps")
+        for name in ("sites", "fallback", "predictive"):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                v = (v,)
+            if v is not None:
+                object.__setattr__(self, name, tuple(v))
+        self._positive_int("num_samples", "num_starts", "max_steps", "rank", "num_fisher_samples")
+        self._choice("curvature", _CURVATURES)
+        self._choice("structure", _STRUCTURES)
+        self._require(not (self.curvature == "hessian" and self.structure == "kron"), "structure",
+                      "'kron' (K-FAC) needs per-datum outer factors: use curvature='ggn', 'fisher' or 'mc_fisher'")
+        self._require(self.jitter >= 0, "jitter", "must be >= 0")
+        self._require(self.batch_size is None or self.batch_size >= 1, "batch_size", "must be >= 1 or None")
+        for p in self.predictive:
+            self._require(p in ("glm", "mc", "probit"), "predictive", f"unknown predictive {p!r}; use 'glm', 'mc' or 'probit'")
+        for f in self.fallback:
+            _parse_fallback(self, f)
         self._require(self.init_radius >= 0, "init_radius", "must be >= 0")
         self._require(self.mode_tol > 0, "mode_tol", "must be > 0")
 
@@ -157,6 +226,22 @@ class Laplace(MethodConfig):
         approx = DenseGaussian(res.position, res.precision, res.cholesky)
         return ms, x0, ok, approx, approx.sample_flat(k_draw, max(self.num_samples, KHAT_DRAWS))
 
+    @property
+    def _is_default(self) -> bool:
+        return self.curvature == "hessian" and self.structure == "full" and self.sites is None
+
+    def _general_program(self, ld, ctx, key):
+        """MAP search as in ``_program``, then the chosen curvature x structure and draws."""
+        ms, x0, ok, _, _ = self._program(ld, ctx, key)
+        approx, checks, extra, draws = self._fit_program(ld, ctx, ms.best.position, jax.random.fold_in(key, 1))
+        return ms, x0, ok, approx, checks, extra, draws
+
+    def _fit_program(self, ld, ctx, mean, key):
+        k_fit, k_draw = jax.random.split(key)
+        jitter = self.jitter if self._jitter_on else 0.0
+        approx, checks, extra = fit_approximation(self, ld, mean, k_fit, self.curvature, self.structure, jitter)
+        return approx, checks, extra, approx.sample_flat(k_draw, max(self.num_samples, KHAT_DRAWS))
+
     @staticmethod
     def _at_point(ld, ctx, point):
         """Per-site log-density terms and gradients at ``point`` (D,): names the culprit
@@ -167,9 +252,14 @@ class Laplace(MethodConfig):
     def run(self, rng_key, rt) -> RawPosterior:
         ld = rt.log_density
         ld.require_full_data("Laplace")
-        # the search and the draws in one program; the draws' log densities in the program
-        # shared with VI (compiled once per model); small programs compile faster
-        ms, x0, ok, approx, draws = rt.call("laplace", self._program, rng_key)
+        site_index(ld, self.sites)  # unknown sites: ConfigError before any compilation
+        # the search, the curvature and the draws in one program; the draws' log densities in
+        # the program shared with VI (compiled once per model); small programs compile faster
+        checks = extra = None
+        if self._is_default:
+            ms, x0, ok, approx, draws = rt.call("laplace", self._program, rng_key)
+        else:
+            ms, x0, ok, approx, checks, extra, draws = rt.call("laplace", self._general_program, rng_key)
         lp, log_weight = approximation_weights(rt, approx, draws)
         at_point = None
         if int(np.asarray(ms.tier)[int(ms.index)]) == 0:
@@ -178,13 +268,50 @@ class Laplace(MethodConfig):
             point = end if np.all(np.isfinite(end)) else np.asarray(x0)[int(ms.index)]
             at_point = (point, *rt.call("laplace_at_point", self._at_point, point))
         res = ms.best
+        status, messages = _diagnose(self, ms, ok, at_point, ld, lp[: self.num_samples], checks, self._what)
+        used, cfg = "", self
+        if status in (Status.INDEFINITE_CURVATURE, Status.NON_FINITE) and self.fallback and at_point is None:
+            for entry in self.fallback:
+                alt = _parse_fallback(self, entry)
+                a2, c2, e2, d2 = rt.call(f"laplace_fit_{entry}", alt._fit_program, res.position,
+                                         jax.random.fold_in(rng_key, 2), config=alt)
+                lp2, lw2 = approximation_weights(rt, a2, d2)
+                s2, m2 = _diagnose(alt, ms, ok, None, ld, lp2[: self.num_samples], c2, alt._what)
+                messages = messages + [f"fallback {entry!r}: {s2.value}" + (f": {m2[0]}" if m2 else "")]
+                if not s2.is_failure:
+                    used, cfg, status = entry, alt, s2
+                    approx, checks, extra, draws, lp, log_weight = a2, c2, e2, d2, lp2, lw2
+                    break
         khat_log_weights = log_weight
         n = self.num_samples
         draws, lp, log_weight = draws[:n], lp[:n], log_weight[:n]
-        status, messages = _diagnose(self, ms, ok, at_point, ld, lp)
         grad = np.asarray(res.grad)
+        if checks is None:
+            log_z = float(laplace_log_evidence(res.logdensity, res.cholesky))
+            prec = np.asarray(res.precision)
+            cond = _cond(prec) if (prec.dtype == np.float32 or prec.shape[0] <= 500) else float('nan')
+        else:
+            d = int(np.asarray(approx.index).shape[0])
+            log_z = float(res.logdensity) + 0.5 * d * math.log(2 * math.pi) - 0.5 * float(approx.logdet())
+            cond = float(checks["cond"])
+        if np.asarray(res.position).dtype == np.float32 and np.isfinite(cond) and cond > 1e4:
+            msg = (
+                f"the precision's condition number is {cond:.3g}: in float32 its solves, log-det and draws "
+                "lose about log10(cond) of 7 digits. Enable float64 (jax.config.update('jax_enable_x64', "
+                "True)), standardise the predictors, or use a stronger prior"
+            )
+            warnings.warn(msg, NumericalWarning, stacklevel=2)
+            messages = messages + [msg]
         info = {
             "messages": messages,
+            "curvature": cfg.curvature,
+            "structure": cfg.structure,
+            "laplace_sites": ",".join(self.sites) if self.sites else "",
+            "rank": self.rank if cfg.structure == "lowrank" else 0,
+            "jacobian": int(self.jacobian),
+            "fallback": " > ".join(self.fallback),
+            "fallback_used": used,
+            "condition_number": cond,
             "num_starts": self.num_starts,
             "map_starts_finite": int(np.sum(ok)),
             "map_starts_converged": int(np.sum(np.asarray(ms.tier) >= 2)),
@@ -194,194 +321,65 @@ class Laplace(MethodConfig):
             "map_logdensity": float(res.logdensity),
             "map_max_abs_grad": float(np.max(np.abs(grad))) if grad.size else 0.0,
             "newton_decrement": float(res.decrement),
-            "log_evidence": float(laplace_log_evidence(res.logdensity, res.cholesky)),
+            "log_evidence": log_z,
             "khat_log_weights": khat_log_weights,
             # arrays: kept in the RawPosterior only (attrs take scalars)
             "map_starts": np.asarray(x0),
             "map_start_logdensities": np.asarray(ms.starts.logdensity),
             "map_start_tiers": np.asarray(ms.tier),
         }
+        if extra is not None:
+            obs = sorted(ld.split.observed)
+            info["ggn_mc_sites"] = ",".join(n for n, f in zip(obs, np.asarray(extra["mc"]), strict=True) if f)
+            if "kron" in extra:
+                if not bool(extra["kron_isotropic"]):
+                    raise ConfigError(
+                        "structure='kron' needs an isotropic prior precision on each K-FAC layer site "
+                        "(e.g. Normal(0, s) with one s per site); use structure='diag' or 'lowrank' otherwise"
+                    )
+                info["kron_sites"] = ",".join(n for (n, _), f in zip(ld.layout, np.asarray(extra["kron"]), strict=True) if f)
+        if self.predictive:
+            from .predictive import predictives
+
+            info["posterior_predictive"] = predictives(rt, self, approx, draws, jax.random.fold_in(rng_key, 3))
         position = ld.unravel(draws[None])
         stats = {"lp": lp[None], "log_weight": log_weight[None]}
         return RawPosterior(position, stats, approx, status, info)
 
-
-# ---------------------------------------------------------------------------------------
-# diagnosis (host side, numpy)
-
-
-def _nonfinite_sites(tree) -> list[str]:
-    return [k for k, v in tree.items() if not np.all(np.isfinite(np.asarray(v)))]
+    @property
+    def _what(self) -> str:
+        return f"{self.curvature} x {self.structure}"
 
 
-def _quote(names) -> str:
-    return ", ".join(repr(n) for n in names)
+_CURVATURES = ("hessian", "ggn", "fisher", "mc_fisher")
+_STRUCTURES = ("full", "diag", "lowrank", "kron")
 
 
-def _is_real(support) -> bool:
-    while isinstance(support, constraints._IndependentConstraint):
-        support = support.base_constraint
-    return isinstance(support, (constraints._Real, constraints._RealVector, constraints._RealMatrix))
-
-
-def _flat_sites(ld) -> list[str]:
-    """The site of each entry of the flat vector."""
-    out = []
-    for name, shape in ld.layout:
-        out += [name] * int(np.prod(shape, dtype=int))
-    return out
-
-
-def _towards(support, z: float) -> str:
-    """Where a bounded site goes as its unconstrained coordinate z -> ±∞, in words."""
-    lo, hi = getattr(support, "lower_bound", None), getattr(support, "upper_bound", None)
-    if z < 0 and lo is not None and np.ndim(lo) == 0:
-        return f"→ {float(lo):g}"
-    if z > 0 and hi is not None and np.ndim(hi) == 0:
-        return f"→ {float(hi):g}"
-    if z > 0 and lo is not None and hi is None:
-        return "→ ∞"
-    return "→ the boundary of its support"
-
-
-def _edge(ld, x) -> list[tuple[int, str]]:
-    """Entries of bounded sites at |z| > _EDGE_Z: (flat index, description) pairs."""
-    names, sites = ld.param_names(), _flat_sites(ld)
-    supports = {name: ld.site(name).support for name, _ in ld.layout}
-    out = []
-    for i, (name, site) in enumerate(zip(names, sites, strict=True)):
-        support = supports[site]
-        if support is None or _is_real(support):
-            continue
-        z = float(x[i])
-        if abs(z) > _EDGE_Z:
-            out.append((i, f"{name!r} at z = {z:.3g}, {site} {_towards(support, z)}"))
-    return out
-
-
-def _edge_advice(edges) -> str:
-    where = "; ".join(d for _, d in edges[:3])
-    return (
-        f"the search ran to the edge of the unconstrained space ({where}). The density is "
-        "unbounded there (e.g. a funnel: a hierarchical scale → 0) or its supremum lies on the "
-        "boundary of the support (e.g. jacobian=False with a scale whose mode is 0), so there is "
-        "no interior mode and no Laplace approximation. Non-centre the hierarchy, use "
-        "jacobian=True or a prior that keeps the site off the boundary, or use NUTS or VI"
-    )
-
-
-def _along(names, v, k: int = 3) -> str:
-    """The parameters that dominate the unit vector v."""
-    a = np.abs(v)
-    order = [j for j in np.argsort(-a)[:k] if a[j] >= 0.25 * a.max()]
-    return _quote(names[j] for j in order)
-
-
-def _diagnose(cfg: Laplace, ms, ok, at_point, ld, lp) -> tuple[Status, list[str]]:
-    """Status and messages at the chosen point; the order is documented in :class:`Laplace`."""
-    res = ms.best
-    tier = int(np.asarray(ms.tier)[int(ms.index)])
-    names = ld.param_names()
-    x, g = np.asarray(res.position), np.asarray(res.grad)
-    lp_best, dec = float(res.logdensity), float(res.decrement)
-    nstarts = cfg.num_starts
-
-    # 1. non-finite density or gradient
-    if tier == 0:
-        point, terms, grads = at_point
-        bad_terms, bad_grads = _nonfinite_sites(terms), _nonfinite_sites(grads)
-        detail = []
-        if bad_terms:
-            values = ", ".join(f"{n!r} = {float(terms[n]):.3g}" for n in bad_terms)
-            detail.append(f"the log-density term of {values} is not finite")
-        if bad_grads:
-            detail.append(f"the gradient with respect to {_quote(bad_grads)} is not finite")
-        if not detail:
-            bad = [n for n, v in zip(names, np.asarray(point), strict=True) if not np.isfinite(v)]
-            detail.append(f"the position itself is not finite ({_quote(bad[:5])})")
-        if not bool(np.any(ok)):
-            where = (
-                f"no starting point with a finite log density and gradient was found in {_MAX_TRIES} "
-                f"rounds of uniform(-{cfg.init_radius}, {cfg.init_radius}) draws on the unconstrained "
-                "space; at the last draw"
-            )
+def _parse_fallback(cfg: Laplace, entry: str) -> Laplace:
+    """The config of a fallback entry "curvature", "structure" or "curvature:structure" [+jitter]."""
+    text, jitter = (entry[: -len("+jitter")], True) if entry.endswith("+jitter") else (entry, False)
+    curv, struct = cfg.curvature, cfg.structure
+    for part in text.split(":") if text else []:
+        if part in _CURVATURES:
+            curv = part
+        elif part in _STRUCTURES:
+            struct = part
         else:
-            where = f"every one of the {nstarts} MAP searches ended at a non-finite log density or gradient; there"
-        return Status.NON_FINITE, [
-            f"{where} {' and '.join(detail)}. Check that site for values outside its support, "
-            "overflowing or NaN-producing operations (e.g. log of 0, the gradient of "
-            "jnp.linalg.norm or jnp.sqrt at 0) and the data"
-        ]
-
-    edges = _edge(ld, x)
-    lp_ok = bool(np.all(np.isfinite(np.asarray(lp))))
-    if tier == 2:
-        evals, evecs = np.linalg.eigh(np.asarray(res.precision))
-        scale = max(float(np.max(np.abs(evals))), np.finfo(evals.dtype).tiny)
-        zero = np.sqrt(np.finfo(evals.dtype).eps) * scale
-
-    # 2. no stationary point: the search stopped early, or ran off to the edge (where the
-    # curvature cannot hold a Gaussian: not positive definite, or its draws overflow)
-    if tier == 1 or (edges and (tier == 2 or not lp_ok)):
-        if tier == 1:
-            j = int(np.argmax(np.abs(g)))
-            msg = (
-                f"no start reached a stationary point: the best of {nstarts} (log density "
-                f"{lp_best:.6g}) stopped {dec:.3g} posterior sd (Newton decrement, > mode_tol = "
-                f"{cfg.mode_tol:g}) from one, largest |gradient| {abs(g[j]):.3g} on {names[j]!r}"
+            raise ConfigError(
+                f"Laplace(fallback=...): {entry!r} is not 'curvature', 'structure' or 'curvature:structure' "
+                f"[+jitter]; curvatures {_CURVATURES}, structures {_STRUCTURES}"
             )
-            if bool(res.max_steps_reached):
-                msg += f", when BFGS reached max_steps = {cfg.max_steps}"
-        else:
-            why = "not positive definite" if tier == 2 else "too weak to hold a Gaussian (its draws overflow)"
-            msg = (
-                f"no interior mode was found: at the best point (log density {lp_best:.6g}, Newton "
-                f"decrement {dec:.2g}) the gradient is ~0 but the curvature is {why}"
-            )
-        if edges:
-            msg += "; " + _edge_advice(edges)
-        elif bool(res.max_steps_reached):
-            msg += "; increase max_steps, or check whether the density is unbounded"
-        else:
-            msg += (
-                "; check whether the density is unbounded (e.g. a funnel whose mode is at a "
-                "boundary), or loosen mode_tol if the target is noisy"
-            )
-        return Status.MAP_NOT_CONVERGED, [msg]
-
-    # 3. a stationary point whose curvature is not positive definite
-    if tier == 2:
-        head = (
-            f"the negative Hessian at the stationary point found (log density {lp_best:.6g}, "
-            f"gradient ~0: Newton decrement {dec:.2g}) is not positive definite"
-        )
-        if evals[0] < -zero:
-            msg = (
-                f"{head}: it is a saddle (or a minimum), -∇²f has {int(np.sum(evals < -zero))} negative eigenvalue(s) "
-                f"(smallest {evals[0]:.3g}, along {_along(names, evecs[:, 0])}), so the density rises "
-                f"away from it. None of the {nstarts} starts reached a mode; try more starts "
-                "(num_starts), check the model for multimodality, or use NUTS or VI"
-            )
-        else:
-            k = int(np.argmin(np.abs(evals)))
-            msg = (
-                f"{head}: the density is flat along {_along(names, evecs[:, k])} (eigenvalue "
-                f"{evals[k]:.3g}, {abs(evals[k]) / scale:.2g} of the largest): neither the prior nor "
-                "the likelihood informs it (e.g. an improper prior on a site that nothing depends on) "
-                "or the model is not identified in that direction. Give it a proper prior, or remove "
-                "the redundant parameter"
-            )
-        return Status.INDEFINITE_CURVATURE, [msg]
-
-    # 4. draws of the Gaussian overflow
-    if not lp_ok:
-        bad = int(np.sum(~np.isfinite(np.asarray(lp))))
-        return Status.NON_FINITE, [
-            f"{bad} of {np.size(lp)} draws of the Gaussian have a non-finite posterior density "
-            "(they overflow the transforms to the constrained space); the mode is at an "
-            "extreme of the unconstrained space, so the approximation is meaningless there"
-        ]
-    return Status.SUCCESS, []
+    if curv == "hessian" and struct == "kron":
+        raise ConfigError(f"Laplace(fallback=...): {entry!r} pairs 'hessian' with 'kron' (K-FAC needs ggn/fisher)")
+    return dataclasses.replace(cfg, curvature=curv, structure=struct, fallback=(), predictive=(),
+                               jitter=cfg.jitter if jitter else 0.0, _jitter_on=jitter)
 
 
-register_method("laplace", Laplace, "Laplace approximation at the MAP with the exact dense Hessian")
+def _cond(p: np.ndarray) -> float:
+    if not np.all(np.isfinite(p)):
+        return float("nan")
+    ev = np.linalg.eigvalsh(p)
+    return float(ev[-1] / ev[0]) if ev[0] > 0 else float("inf")
+
+
+register_method("laplace", Laplace, "Laplace approximation at the MAP: Hessian, GGN or Fisher curvature; full, diag, low-rank or K-FAC")

@@ -1,15 +1,20 @@
-"""Stan's windowed warmup (step size by dual averaging, mass matrix by windowed
-Welford estimates), taken from BlackJAX.
+"""The adaptation axis of MCMC: how a sampler's parameters are tuned during warmup.
 
-BlackJAX's ``window_adaptation(...).run`` runs the whole warmup as one scan with
-no hook for a progress bar or for sharing one program with the sampling phase, so
-we drive BlackJAX's own pieces -- ``window_adaptation.base`` (init / update /
-final) and ``build_schedule`` -- from our loop (``mcmc.loop``). ``base`` is marked
-deprecated in BlackJAX 1.7 in favour of ``staged_adaptation``, whose engine is not
-public; the pinned version range and ``tests/test_contracts.py`` catch churn.
+An :class:`Adaptation` is chosen apart from the sampler (DESIGN.md "MCMC = sampler x
+adaptation x chain layout") and driven by the one chain loop (:mod:`.loop`). It
+works on all chains at once (leading axis ``chain``), so it may adapt per chain
+(Stan's windows, vmapped) or across chains (ChEES). Two forms share the protocol:
 
-Reference: Stan Reference Manual, "HMC algorithm parameters" (adaptation);
-Hoffman & Gelman (2014), JMLR 15:1593-1623 (dual averaging).
+* **in the loop**: ``num_steps > 0``; ``update`` sees every warmup transition and
+  ``tuned`` gives the parameters of the next one, ``final`` those of sampling.
+  :func:`window_adaptation` (Stan) is this form.
+* **before the loop**: ``num_steps == 0``; ``init`` runs a tuner of its own (BlackJAX's
+  MCLMC or ChEES tuning, one ``lax.scan`` with no hook for a progress bar) and
+  returns the tuned states and parameters. :func:`tuned_before_loop` wraps such a tuner.
+
+Tuned parameters are a dict of arrays with a leading chain axis, which the sampler
+adapter's ``build(logdensity_fn, tuned)`` reads (``step_size``,
+``inverse_mass_matrix``, ``L``, ...).
 """
 
 from __future__ import annotations
@@ -18,32 +23,121 @@ import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from blackjax.adaptation import window_adaptation as _wa
 
-__all__ = ["WindowAdaptation", "window_adaptation"]
+__all__ = ["Adaptation", "fixed_parameters", "tuned_before_loop", "window_adaptation"]
 
 
-class WindowAdaptation(NamedTuple):
-    """Pure functions of Stan's warmup.
+class Adaptation(NamedTuple):
+    """Pure functions of an adaptation over a batch of chains.
 
-    init(position, initial_step_size) -> state;
-    update(state, stage_row, position, acceptance_rate) -> state, with ``stage_row``
-    one row (stage, is_window_end) of ``schedule``;
-    final(state) -> (step_size, inverse_mass_matrix);
-    schedule: int array (num_warmup, 2).
+    num_steps : int
+        Warmup iterations inside the chain loop (0: none).
+    init : callable
+        ``(rng_key, positions, init_states) -> (states, astate, grad_evals)``, where
+        ``init_states(positions, tuned)`` makes the sampler's states for all chains and
+        ``grad_evals`` (chain,) counts gradient (or density) evaluations spent here.
+    update : callable
+        ``(astate, i, states, stats) -> astate`` after warmup iteration ``i``; ``stats``
+        are the ArviZ-named sample stats of the transition, (chain,) each.
+    tuned : callable
+        ``astate -> tuned`` parameters for the next warmup transition.
+    final : callable
+        ``astate -> tuned`` parameters for sampling.
     """
 
+    num_steps: int
     init: Callable
     update: Callable
+    tuned: Callable
     final: Callable
-    schedule: jnp.ndarray
 
 
-def window_adaptation(num_warmup: int, target_accept: float, dense_mass: bool) -> WindowAdaptation:
-    """Stan's warmup for ``num_warmup`` steps (windows 75 / 25 doubling / 50, rescaled if short)."""
+def _identity(astate, *_):
+    return astate
+
+
+def fixed_parameters(tuned_fn: Callable, num_burn_in: int = 0) -> Adaptation:
+    """Nothing to tune: ``tuned_fn(num_chains)`` gives parameters used throughout;
+    the loop still runs ``num_burn_in`` discarded iterations."""
+
+    def init(rng_key, positions, init_states):
+        n = jax.tree.leaves(positions)[0].shape[0]
+        tuned = tuned_fn(n)
+        return init_states(positions, tuned), tuned, jnp.zeros((n,), jnp.int32)
+
+    return Adaptation(num_burn_in, init, _identity, _identity, _identity)
+
+
+def tuned_before_loop(initial_tuned: Callable, tuner: Callable) -> Adaptation:
+    """A tuner that runs before the chain loop.
+
+    ``initial_tuned(num_chains)`` gives the parameters the states are made with;
+    ``tuner(rng_key, states, tuned) -> (states, tuned, grad_evals)`` tunes all chains
+    (vmapped inside, or across chains).
+    """
+
+    def init(rng_key, positions, init_states):
+        n = jax.tree.leaves(positions)[0].shape[0]
+        tuned = initial_tuned(n)
+        states, tuned, grad_evals = tuner(rng_key, init_states(positions, tuned), tuned)
+        return states, tuned, jnp.broadcast_to(jnp.asarray(grad_evals, jnp.int32), (n,))
+
+    return Adaptation(0, init, _identity, _identity, _identity)
+
+
+def window_adaptation(
+    num_warmup: int, target_accept: float, dense_mass: bool, initial_step_size: float = 1.0
+) -> Adaptation:
+    """Stan's windowed warmup, per chain, for ``num_warmup`` loop iterations.
+
+    Step size by dual averaging of the acceptance statistic towards
+    ``target_accept`` (Hoffman & Gelman 2014, JMLR 15:1593, Alg. 5); inverse mass
+    matrix (diagonal, or dense with ``dense_mass``) from Welford estimates of the
+    positions' covariance, regularised towards 1e-3 I, in windows of 75 / 25
+    doubling / 50 iterations, rescaled when the warmup is short (Stan Reference
+    Manual, "HMC algorithm parameters"). Any sampler with a step size and an
+    acceptance rate uses it: the "step size" is what the sampler scales by it
+    (a leapfrog step, a MALA or random-walk proposal scale). A transition without an
+    ``acceptance_rate`` stat (slice sampling) counts as on target, so only the
+    mass matrix adapts.
+
+    BlackJAX's ``window_adaptation(...).run`` runs the whole warmup as one scan with no
+    hook for a progress bar, so we drive BlackJAX's own pieces
+    (``window_adaptation.base`` init / update / final and ``build_schedule``) from
+    the chain loop; ``base`` is marked deprecated in BlackJAX 1.7 (its successor's
+    engine is not public): ``tests/test_contracts.py`` catches churn.
+
+    Tuned parameters: ``{"step_size": (chain,), "inverse_mass_matrix": (chain, D) or
+    (chain, D, D)}``.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        init, update, final = _wa.base(not dense_mass, target_accept)
+        base_init, base_update, base_final = _wa.base(not dense_mass, target_accept)
     schedule = jnp.asarray(_wa.build_schedule(num_warmup), dtype=jnp.int32).reshape(num_warmup, 2)
-    return WindowAdaptation(init, update, final, schedule)
+
+    def as_tuned(step_size, imm):
+        return {"step_size": step_size, "inverse_mass_matrix": imm}
+
+    def init(rng_key, positions, init_states):
+        astate = jax.vmap(lambda p: base_init(p, initial_step_size))(positions)
+        tuned = as_tuned(astate.step_size, astate.inverse_mass_matrix)
+        n = astate.step_size.shape[0]
+        return init_states(positions, tuned), astate, jnp.zeros((n,), jnp.int32)
+
+    def update(astate, i, states, stats):
+        stage = schedule[jnp.clip(i, 0, max(num_warmup - 1, 0))]
+        acc = stats.get("acceptance_rate")
+        if acc is None:
+            acc = jnp.full(astate.step_size.shape, target_accept, astate.step_size.dtype)
+        return jax.vmap(base_update, in_axes=(0, None, 0, 0))(astate, stage, states.position, acc)
+
+    def tuned(astate):
+        return as_tuned(astate.step_size, astate.inverse_mass_matrix)
+
+    def final(astate):
+        return as_tuned(*jax.vmap(base_final)(astate))
+
+    return Adaptation(num_warmup, init, update, tuned, final)

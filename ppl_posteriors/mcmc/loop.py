@@ -1,10 +1,13 @@
-"""Warmup and sampling of vmapped chains in one jitted scan.
+"""The one chain loop: warmup and sampling of vmapped chains in one jitted scan.
 
-One ``lax.scan`` runs ``num_warmup + num_samples`` iterations whose body advances
-every chain with ``jax.vmap`` (chains run in lockstep, as in BlackJAX's
-multi-chain examples) and, during warmup, updates each chain's adaptation state
-(per chain, as in Stan). The transition kernel appears once in the program, so it
-is compiled once. Pure: everything is a function of the inputs.
+Every sampler adapter (:class:`~ppl_posteriors.mcmc.base.Sampler`) runs through
+:func:`run_chains`. One ``lax.scan`` runs ``adaptation.num_steps + num_samples``
+iterations whose body advances every chain with ``jax.vmap`` (chains in lockstep,
+as in BlackJAX's multi-chain examples), maps the transition's info to ArviZ
+``sample_stats`` names, and during warmup updates the adaptation state. The
+transition appears once in the program, so it is compiled once. Post-warmup draws
+go into preallocated (draw, chain, ...) buffers in the carry; warmup iterations are
+never stored. Pure: everything is a function of the inputs.
 """
 
 from __future__ import annotations
@@ -16,20 +19,24 @@ import jax
 import jax.numpy as jnp
 
 from .._progress import Progress
-from .adaptation import WindowAdaptation
+from .adaptation import Adaptation
 
 __all__ = ["ChainsResult", "run_chains"]
 
 
 class ChainsResult(NamedTuple):
-    """position: leaves (chain, draw, ...); stats: {name: (chain, draw)};
-    step_size: (chain,); inverse_mass_matrix: (chain, D) or (chain, D, D);
-    warmup_grad_evals, warmup_divergences: (chain,)."""
+    """What the chain loop returns.
+
+    position : pytree, leaves (chain, draw, ...)
+    stats : {ArviZ name: (chain, draw)}
+    tuned : {parameter: (chain, ...)} the sampling parameters after warmup
+    warmup_grad_evals : (chain,) gradient (or density) evaluations of warmup and tuning
+    warmup_divergences : (chain,)
+    """
 
     position: Any
     stats: dict[str, jax.Array]
-    step_size: jax.Array
-    inverse_mass_matrix: jax.Array
+    tuned: dict[str, jax.Array]
     warmup_grad_evals: jax.Array
     warmup_divergences: jax.Array
 
@@ -38,13 +45,12 @@ def run_chains(
     rng_key,
     init_positions,
     *,
-    init_fn: Callable,
-    kernel: Callable,
-    adaptation: WindowAdaptation,
+    sampler,
+    logdensity_fn: Callable,
+    adaptation: Adaptation,
     num_samples: int,
-    stats_fn: Callable,
-    initial_step_size: float = 1.0,
     progress: Progress | None = None,
+    progress_offset: int = 0,
 ) -> ChainsResult:
     """Adapt, then sample, every chain.
 
@@ -52,77 +58,75 @@ def run_chains(
     ----------
     init_positions : pytree
         Leaves (chain, ...).
-    init_fn : callable
-        position -> kernel state (e.g. ``blackjax.nuts.init`` with the density bound).
-    kernel : callable
-        (rng_key, state, step_size, inverse_mass_matrix) -> (state, info).
-    stats_fn : callable
-        (state, info) -> {ArviZ sample_stats name: scalar}; must include
-        ``n_steps`` (gradient evaluations of the transition) and ``diverging``.
+    sampler : Sampler
+        Gives ``build(logdensity_fn, tuned) -> blackjax.SamplingAlgorithm`` and
+        ``stats(state, info, tuned) -> {ArviZ name: scalar}`` (one chain each). The
+        stats ``n_steps`` (evaluations per transition) and, where the sampler has them,
+        ``diverging`` and ``acceptance_rate`` drive the counters and the adaptation.
+    logdensity_fn : callable
+        Position -> scalar, the function handed to ``build``.
+    adaptation : Adaptation
+        See :mod:`.adaptation`.
+    progress : Progress, optional
+        Ticked once per iteration with ``i + progress_offset``.
     """
     num_chains = jax.tree.leaves(init_positions)[0].shape[0]
-    num_warmup = adaptation.schedule.shape[0]
-    states = jax.vmap(init_fn)(init_positions)
-    astates = jax.vmap(lambda p: adaptation.init(p, initial_step_size))(init_positions)
-    step = jax.vmap(kernel)
-    # a schedule row for every iteration; sampling rows are never read
-    schedule = jnp.concatenate(
-        [adaptation.schedule, jnp.zeros((num_samples, 2), adaptation.schedule.dtype)]
-    )
+    num_warmup = adaptation.num_steps
+    k_init, k_adapt, k_run = jax.random.split(rng_key, 3)
+
+    def init_states(positions, tuned):
+        keys = jax.random.split(k_init, num_chains)
+        return jax.vmap(lambda p, k, t: sampler.build(logdensity_fn, t).init(p, k))(positions, keys, tuned)
+
+    states, astate, n_grad0 = adaptation.init(k_adapt, init_positions, init_states)
+    tuned = adaptation.tuned(astate)
+
+    def one(key, state, t):
+        state, info = sampler.build(logdensity_fn, t).step(key, state)
+        return state, sampler.stats(state, info, t)
+
+    def draw(states, tuned, key):
+        return jax.vmap(one)(jax.random.split(key, num_chains), states, tuned)
+
+    _, stats_shape = jax.eval_shape(draw, states, tuned, rng_key)
+    buffers = jax.tree.map(lambda x: jnp.zeros((num_samples,) + x.shape, x.dtype), (states.position, stats_shape))
     zeros = jnp.zeros((num_chains,), jnp.int32)
 
-    def adapt(astates, stage, states, info):
-        return jax.vmap(adaptation.update, in_axes=(0, None, 0, 0))(
-            astates, stage, states.position, info.acceptance_rate
-        )
-
-    def draw(states, params, key):
-        keys = jax.random.split(key, num_chains)
-        states, info = step(keys, states, *params)
-        return states, info, stats_fn(states, info)
-
-    # post-warmup draws go into preallocated (draw, chain, ...) buffers in the carry,
-    # so warmup iterations are never stored
-    _, _, stats_shape = jax.eval_shape(draw, states, (astates.step_size, astates.inverse_mass_matrix), rng_key)
-    buffers = jax.tree.map(
-        lambda x: jnp.zeros((num_samples,) + x.shape, x.dtype), (states.position, stats_shape)
-    )
-
     def body(carry, xs):
-        states, astates, params, n_grad, n_div, buffers = carry
-        i, key, stage = xs
-        states, info, stats = draw(states, params, key)
+        states, astate, tuned, n_grad, n_div, buffers = carry
+        i, key = xs
+        states, stats = draw(states, tuned, key)
         warm = i < num_warmup
-        astates = jax.lax.cond(warm, adapt, lambda a, *_: a, astates, stage, states, info)
-        params = jax.lax.cond(
-            i == num_warmup - 1,
-            lambda a: jax.vmap(adaptation.final)(a),
-            lambda a: jax.lax.cond(
-                warm, lambda a: (a.step_size, a.inverse_mass_matrix), lambda _: params, a
-            ),
-            astates,
-        )
-        n_grad = n_grad + jnp.where(warm, stats["n_steps"], 0)
-        n_div = n_div + jnp.where(warm, stats["diverging"], 0)
+        if num_warmup > 0:
+            astate = jax.lax.cond(warm, lambda a: adaptation.update(a, i, states, stats), lambda a: a, astate)
+            tuned = jax.lax.cond(
+                i == num_warmup - 1,
+                adaptation.final,
+                lambda a: jax.lax.cond(warm, adaptation.tuned, lambda _: tuned, a),
+                astate,
+            )
+            n_grad = n_grad + jnp.where(warm, stats["n_steps"], 0).astype(jnp.int32)
+            if "diverging" in stats:
+                n_div = n_div + jnp.where(warm, stats["diverging"], 0).astype(jnp.int32)
         slot = jnp.maximum(i - num_warmup, 0)  # warmup writes to slot 0, overwritten later
         buffers = jax.tree.map(
-            lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, slot, 0), buffers, (states.position, stats)
+            lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v.astype(b.dtype), slot, 0),
+            buffers,
+            (states.position, stats),
         )
         if progress is not None:
-            progress.tick(i)
-        return (states, astates, params, n_grad, n_div, buffers), None
+            progress.tick(i + progress_offset)
+        return (states, astate, tuned, n_grad, n_div, buffers), None
 
-    params = (astates.step_size, astates.inverse_mass_matrix)
     total = num_warmup + num_samples
-    xs = (jnp.arange(total), jax.random.split(rng_key, total), schedule)
-    carry = (states, astates, params, zeros, zeros, buffers)
-    (_, _, (step_size, imm), n_grad, n_div, (positions, stats)), _ = jax.lax.scan(body, carry, xs)
-    keep = lambda x: jnp.swapaxes(x, 0, 1)
+    xs = (jnp.arange(total), jax.random.split(k_run, total))
+    carry = (states, astate, tuned, n_grad0.astype(jnp.int32), zeros, buffers)
+    (_, _, tuned, n_grad, n_div, (positions, stats)), _ = jax.lax.scan(body, carry, xs)
+    keep = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
     return ChainsResult(
         jax.tree.map(keep, positions),
         {k: keep(v) for k, v in stats.items()},
-        step_size,
-        imm,
+        tuned,
         n_grad,
         n_div,
     )

@@ -12,6 +12,7 @@ its config, library versions, timings, gradient evaluations and the status.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from importlib import metadata
@@ -33,7 +34,17 @@ __all__ = ["sample_approximation", "to_inference_data"]
 _VERSIONED = ("ppl_posteriors", "jax", "numpyro", "blackjax", "optax", "arviz")
 
 
+@functools.cache
+def _versions_cached() -> tuple:
+    return tuple(_versions_lookup().items())
+
+
 def _versions() -> dict[str, str]:
+    """Library versions for ``attrs`` (looked up once per process: ~20 ms each time otherwise)."""
+    return dict(_versions_cached())
+
+
+def _versions_lookup() -> dict[str, str]:
     out = {}
     for pkg in _VERSIONED:
         try:
@@ -263,8 +274,34 @@ def to_inference_data(
                           if observed else None),
         "approximation": (approximation_to_dataset(raw.approximation, log_density)
                           if raw.approximation is not None else None),
+        **_predictive_groups(raw.info.get("posterior_predictive"), dims, coords),
     }
     return compat.make_result(groups, {**attrs, **_versions()})
+
+
+def _predictive_groups(pred: dict | None, dims: dict, coords: dict) -> dict:
+    """``posterior_predictive`` (draws of the observed sites through the model, "mc") and
+    ``predictive_glm`` (no sample axes: linearised mean and variance of each observed site's
+    distribution parameters as ``{site}_{param}_mean`` / ``_var``, and probit-approximated
+    class probabilities as ``{site}_probs``) from a method's ``info["posterior_predictive"]``."""
+    if not pred:
+        return {}
+    out = {}
+    if pred.get("mc"):
+        mc = {k: np.asarray(v) for k, v in pred["mc"].items()}
+        out["posterior_predictive"] = compat.dict_to_dataset(
+            mc, coords=coords, dims={k: dims[k][: v.ndim - 2] for k, v in mc.items() if k in dims})
+    glm, site_of = {}, {}
+    for key, mv in (pred.get("glm") or {}).items():  # key "site.param"
+        base = key.replace(".", "_")
+        for stat in ("mean", "var"):
+            glm[f"{base}_{stat}"], site_of[f"{base}_{stat}"] = np.asarray(mv[stat]), key.split(".")[0]
+    for site, probs in (pred.get("probit") or {}).items():
+        glm[f"{site}_probs"], site_of[f"{site}_probs"] = np.asarray(probs), site
+    if glm:
+        gdims = {k: dims[site_of[k]][: v.ndim] for k, v in glm.items() if site_of[k] in dims}
+        out["predictive_glm"] = compat.dict_to_dataset(glm, coords=coords, dims=gdims, sample=False)
+    return out
 
 
 def sample_approximation(
