@@ -27,7 +27,8 @@ from .model.args import static
 from .registry import MethodConfig, methods, register_method
 from .results import RawPosterior, sample_approximation
 from .runtime import Batches, cache_info, clear_cache, make_mesh, set_compilation_cache
-from .vi import MeanFieldVI
+from .vi import FlowVI, FullRankVI, GeneralizedVI, LowRankVI, MeanFieldVI, NumPyroGuideVI
+from .map import find_map
 
 __version__ = "0.1.0"
 
@@ -44,11 +45,16 @@ __all__ = [
     "RMH",
     "SMC",
     "Slice",
-    "optimize_prior",
     "ConfigError",
     "Laplace",
     "LogDensity",
     "MeanFieldVI",
+    "FullRankVI",
+    "LowRankVI",
+    "FlowVI",
+    "GeneralizedVI",
+    "NumPyroGuideVI",
+    "find_map",
     "MethodConfig",
     "ModelError",
     "ModelSplit",
@@ -60,6 +66,7 @@ __all__ = [
     "Status",
     "infer",
     "log_density",
+    "optimize_prior",
     "methods",
     "model",
     "register_method",

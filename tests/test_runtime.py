@@ -24,6 +24,13 @@ SMALL = {
     "smc": pp.SMC(num_particles=200, num_mcmc_steps=2),
     "laplace": pp.Laplace(num_samples=50),
     "meanfield_vi": pp.MeanFieldVI(num_steps=100, num_samples=50),
+    "fullrank_vi": pp.FullRankVI(num_steps=100, num_samples=50),
+    "lowrank_vi": pp.LowRankVI(rank=1, num_steps=100, num_samples=50),
+    "flow_vi": pp.FlowVI(flow="rqs_coupling", flow_layers=1, nn_width=8, num_steps=50, num_samples=50),
+    "numpyro_guide_vi": pp.NumPyroGuideVI(guide=numpyro.infer.autoguide.AutoNormal, num_steps=100, num_samples=50),
+    # one loss object (hashable by identity): a ridge penalty on top of the model's own likelihood
+    "generalized_vi": pp.GeneralizedVI(loss=lambda v, x, scale, y=None: 0.5 * (v["b"] ** 2).sum(),
+                                       num_steps=100, num_samples=50),
 }
 
 

@@ -199,9 +199,11 @@ class Runtime:
             self.cache_hits += 1
         return entry
 
-    def stream(self, tag: str, fn: Callable, carry, rng_key, *, num_steps: int, desc: str = ""):
+    def stream(self, tag: str, fn: Callable, carry, rng_key, *, num_steps: int, desc: str = "",
+               until: Callable | None = None, check_every: int = 100):
         """Run ``carry, out = fn(log_density, ctx, carry, key)`` once per batch for
-        ``num_steps`` steps, cycling over the epochs of the call's :class:`Batches`.
+        ``num_steps`` steps, cycling over the epochs of the call's :class:`Batches`;
+        ``until(carry) -> bool``, checked every ``check_every`` steps, stops early.
 
         Each step's ``log_density`` is bound to one batch (scaled by N / B). The step is
         compiled once per batch shape and dispatched from a host loop with a host-side
@@ -231,6 +233,8 @@ class Runtime:
                 carry, out = exe(arrays, carry, keys[i])
                 outs.append(out)
                 bar.update(i)
+                if until is not None and (i + 1) % check_every == 0 and until(carry):
+                    break
             carry, outs = jax.block_until_ready((carry, jax.tree.map(lambda *o: jnp.stack(o), *outs)))
         self.run_time += time.perf_counter() - t0 - (self.compile_time - compile0)
         return carry, outs

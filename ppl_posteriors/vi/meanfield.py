@@ -14,8 +14,11 @@ import jax
 import jax.numpy as jnp
 
 from ..results.approximation import register_approximation
+from .guide import Guide
 
-__all__ = ["MeanFieldGaussian", "MeanFieldParams", "entropy", "init", "log_prob", "sample"]
+__all__ = ["MeanFieldGaussian", "MeanFieldParams", "entropy", "guide", "init", "log_prob", "sample"]
+
+_LOG2PI = math.log(2 * math.pi)
 
 
 class MeanFieldParams(NamedTuple):
@@ -40,29 +43,55 @@ def log_prob(params: MeanFieldParams, z: jax.Array) -> jax.Array:
     """log q(z) for z (..., D)."""
     u = (z - params.loc) * jnp.exp(-params.log_scale)
     d = params.loc.shape[-1]
-    return -0.5 * jnp.sum(u * u, -1) - jnp.sum(params.log_scale) - 0.5 * d * math.log(2 * math.pi)
+    return -0.5 * jnp.sum(u * u, -1) - jnp.sum(params.log_scale) - 0.5 * d * _LOG2PI
 
 
 def entropy(params: MeanFieldParams) -> jax.Array:
     """H[q] = Σ_i log σ_i + D/2 (1 + log 2π), a scalar in nats (Kucukelbir et al. 2017)."""
     d = params.loc.shape[-1]
-    return jnp.sum(params.log_scale) + 0.5 * d * (1.0 + math.log(2 * math.pi))
+    return jnp.sum(params.log_scale) + 0.5 * d * (1.0 + _LOG2PI)
+
+
+def guide(init_scale: float = 0.1) -> Guide:
+    """The mean-field :class:`~ppl_posteriors.vi.guide.Guide` (sd ``init_scale`` at init)."""
+
+    def sample_and_log_prob(key, params, n):
+        z = sample(key, params, n)
+        return z, log_prob(params, z)
+
+    return Guide(
+        "meanfield",
+        lambda key, loc: init(loc, init_scale),
+        sample_and_log_prob,
+        log_prob,
+        entropy,
+        MeanFieldGaussian.from_params,
+        lambda p: (p.loc, jnp.exp(2.0 * p.log_scale)),
+        lambda a: MeanFieldParams(jnp.asarray(a.mean), jnp.log(jnp.asarray(a.scale)))
+        if isinstance(a, MeanFieldGaussian) else None,
+    )
 
 
 @register_approximation
 class MeanFieldGaussian(NamedTuple):
     """Fitted mean-field Gaussian: mean (D,), scale (D,) (sd, position units), and
-    optionally the ELBO trace of the fit (num_steps,), kept with it for plots."""
+    optionally the objective trace of the fit (steps,) under the objective's name
+    (``trace_name``, e.g. ``"elbo"``), kept with it for plots."""
 
     mean: jax.Array
     scale: jax.Array
-    elbo: jax.Array | None = None
+    trace: jax.Array | None = None
+    trace_name: str = "elbo"
 
     kind = "gaussian_meanfield"
 
+    @property
+    def elbo(self):
+        return self.trace if self.trace_name == "elbo" else None
+
     @classmethod
-    def from_params(cls, params: MeanFieldParams, elbo=None) -> MeanFieldGaussian:
-        return cls(params.loc, jnp.exp(params.log_scale), elbo)
+    def from_params(cls, params: MeanFieldParams) -> MeanFieldGaussian:
+        return cls(params.loc, jnp.exp(params.log_scale))
 
     def sample_flat(self, rng_key, num_samples: int) -> jax.Array:
         return sample(rng_key, MeanFieldParams(self.mean, jnp.log(self.scale)), num_samples)
@@ -72,11 +101,25 @@ class MeanFieldGaussian(NamedTuple):
 
     def to_arrays(self):
         out = {"mean": (("param",), self.mean), "scale": (("param",), self.scale)}
-        if self.elbo is not None:
-            out["elbo"] = (("step",), self.elbo)
-        return out
+        return _with_trace(out, self)
 
     @classmethod
     def from_arrays(cls, arrays) -> MeanFieldGaussian:
-        elbo = arrays.get("elbo")
-        return cls(jnp.asarray(arrays["mean"]), jnp.asarray(arrays["scale"]), elbo)
+        return cls(jnp.asarray(arrays["mean"]), jnp.asarray(arrays["scale"]), *_trace_of(arrays))
+
+
+# objective names a stored trace can have (see objectives.OBJECTIVES)
+TRACE_NAMES = ("elbo", "forward_kl", "iwae", "renyi", "chi2", "gvi")
+
+
+def _with_trace(out: dict, approx) -> dict:
+    if approx.trace is not None:
+        out[approx.trace_name] = (("step",), approx.trace)
+    return out
+
+
+def _trace_of(arrays) -> tuple:
+    for name in TRACE_NAMES:
+        if name in arrays:
+            return arrays[name], name
+    return None, "elbo"
