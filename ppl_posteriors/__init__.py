@@ -9,12 +9,17 @@ from ._errors import ConfigError, ModelError, NumericalError, NumericalWarning, 
 from .api import infer, log_density
 from .density import LogDensity, ModelSplit
 from .laplace import Laplace, optimize_prior
+from .map import find_map
 from .mcmc import (
+    BAOAB,
     HMC,
     MALA,
     MCLMC,
     NUTS,
     RMH,
+    SGHMC,
+    SGLD,
+    SGNHT,
     SMC,
     AdjustedMCLMC,
     Barker,
@@ -28,7 +33,6 @@ from .registry import MethodConfig, methods, register_method
 from .results import RawPosterior, sample_approximation
 from .runtime import Batches, cache_info, clear_cache, make_mesh, set_compilation_cache
 from .vi import FlowVI, FullRankVI, GeneralizedVI, LowRankVI, MeanFieldVI, NumPyroGuideVI
-from .map import find_map
 
 __version__ = "0.1.0"
 
@@ -44,6 +48,10 @@ __all__ = [
     "MCLMC",
     "RMH",
     "SMC",
+    "SGLD",
+    "SGHMC",
+    "SGNHT",
+    "BAOAB",
     "Slice",
     "ConfigError",
     "Laplace",

@@ -40,3 +40,14 @@ def eight_schools_data():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop compiled programs after each test module: the in-process cache never evicts, and
+    a worker that keeps every module's executables grows to several GB."""
+    yield
+    import ppl_posteriors as pp
+
+    pp.clear_cache()
+    jax.clear_caches()

@@ -125,3 +125,42 @@ def test_sampler_infos_have_the_fields_we_map():
     assert "subiter" in fields(EllipSliceInfo)
     assert {"num_expansions", "num_shrink"} <= fields(SliceInfo)
     assert list(MALAState._fields) == ["position", "logdensity", "logdensity_grad"]
+
+
+def test_sgmcmc_signatures_and_update_equations():
+    """SG-MCMC (mcmc/sgmcmc.py): the top-level signatures and, at temperature 0 (no
+    injected noise), the update equations documented there -- SGLD z + ε g; SGHMC's
+    explicit-Euler order (g evaluated before z moves, momentum drawn from the step key);
+    SGNHT's thermostat update."""
+    from blackjax.sgmcmc import sghmc as _sghmc
+    from blackjax.sgmcmc import sgld as _sgld
+    from blackjax.sgmcmc import sgnht as _sgnht
+    from blackjax.sgmcmc.sgnht import SGNHTState
+    from blackjax.util import generate_gaussian_noise
+
+    assert _params(_sgld.as_top_level_api) == ["grad_estimator"]
+    assert _params(_sghmc.as_top_level_api) == ["grad_estimator", "num_integration_steps", "alpha", "beta"]
+    assert _params(_sgnht.as_top_level_api) == ["grad_estimator", "alpha", "beta"]
+    assert list(SGNHTState._fields) == ["position", "momentum", "xi"]
+    grad = lambda x, batch: {"a": -batch * x["a"]}  # noqa: E731  (log density -batch |a|² / 2)
+    x, key, eps, alpha = {"a": jnp.array([1.0, -2.0])}, jax.random.key(0), 0.1, 0.5
+
+    sgld = blackjax.sgld(grad)
+    assert _params(sgld.step) == ["rng_key", "state", "minibatch", "step_size", "temperature"]
+    new = sgld.step(key, sgld.init(x), 2.0, eps, 0.0)
+    assert jnp.allclose(new["a"], x["a"] - eps * 2.0 * x["a"])
+
+    sghmc = blackjax.sghmc(grad, 2, alpha=alpha, beta=0.0)
+    p0 = generate_gaussian_noise(key, x)["a"]
+    x1 = x["a"] + eps * p0
+    p1 = (1 - alpha * eps) * p0 + eps * (-2.0 * x["a"])
+    assert jnp.allclose(sghmc.step(key, sghmc.init(x), 2.0, eps, 0.0)["a"], x1 + eps * p1, atol=1e-6)
+
+    sgnht = blackjax.sgnht(grad, alpha=alpha)
+    state = sgnht.init(x, key)
+    assert jnp.allclose(state.xi, alpha)
+    new = sgnht.step(key, state, 2.0, eps, 0.0)
+    m = (1 - alpha * eps) * state.momentum["a"] + eps * (-2.0 * x["a"])
+    assert jnp.allclose(new.position["a"], x["a"] + eps * state.momentum["a"], atol=1e-6)
+    assert jnp.allclose(new.momentum["a"], m, atol=1e-6)
+    assert jnp.allclose(new.xi, alpha + eps * jnp.sum(m**2) / 2, atol=1e-6)

@@ -11,7 +11,6 @@ from scipy.optimize import minimize_scalar
 import ppl_posteriors as pp
 from ppl_posteriors.laplace.curvature import curvature_ops
 from ppl_posteriors.laplace.kfac import kfac_factors
-from ppl_posteriors.laplace.outer import outer_factors
 
 pytestmark = pytest.mark.filterwarnings("ignore::ppl_posteriors.NumericalWarning")
 
@@ -100,7 +99,7 @@ def test_mc_fisher_converges_to_fisher_and_studentt_gamma_run():
         assert not is_mc
         zp = {k: c.params[k] for k in c.fields}
         s = jax.vmap(lambda yy: jnp.concatenate([v.ravel() for _, v in sorted(jax.grad(
-            lambda zp: type(d)(**{**c.params, **zp}).log_prob(yy).sum())(zp).items())]))(y[:, None])
+            lambda zp: type(d)(**{**c.params, **zp}).log_prob(yy).sum())(zp).items())]))(y[:, None])  # noqa: B023
         np.testing.assert_allclose(f[0], s.T @ s / s.shape[0], rtol=0.08, atol=0.02)
 
 

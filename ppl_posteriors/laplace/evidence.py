@@ -138,7 +138,7 @@ def optimize_prior(model, *args, sites, tie: bool = False, init_scale=None, max_
 
     x, ls = x0, jnp.log(jnp.asarray(init))
     converged, it, log_z = False, 0, float("nan")
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (it is read after the loop)
         x, ls_new, log_z = outer(x, ls)
         step = float(jnp.max(jnp.abs(ls_new - ls)))
         ls = ls_new

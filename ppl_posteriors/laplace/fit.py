@@ -133,3 +133,198 @@ def fit_approximation(cfg, ld, mean, rng_key, curvature: str, structure: str, ji
         return approx, _checks(finite, pd, jnp.max(allev) / jnp.maximum(jnp.min(allev), tiny), jnp.min(allev)), extra
 
     raise ConfigError(f"unknown structure {structure!r}")
+
+
+# -- pp.Laplace with pp.Batches: stochastic MAP, then curvature streamed over one epoch ------
+
+STREAM_CURVATURES = ("ggn", "fisher")
+STREAM_STRUCTURES = ("full", "diag")
+
+
+def check_batches(cfg, rt) -> None:
+    """ConfigError/ModelError, naming the fix, for a Laplace config that cannot stream."""
+    from .._errors import ModelError
+    from ..model.sites import SiteKind
+    from ..registry import _REGISTRY
+
+    takers = ", ".join(sorted(n for n, s in _REGISTRY.items() if s.config_cls.supports_batches))
+    if cfg.curvature not in STREAM_CURVATURES:
+        raise ConfigError(
+            f"Laplace(curvature={cfg.curvature!r}) needs the full data and cannot take batches=: use "
+            "curvature='ggn' or 'fisher' (sums of per-datum curvatures), pass the full data without "
+            f"batches=, or use another method that takes batches: {takers}"
+        )
+    if cfg.structure not in STREAM_STRUCTURES:
+        raise ConfigError(
+            f"Laplace(structure={cfg.structure!r}) needs the full data (many passes over it) and cannot take "
+            "batches=: use structure='full' or 'diag', pass the full data without batches=, or use another "
+            f"method that takes batches: {takers}"
+        )
+    for name in ("fallback", "predictive"):
+        if getattr(cfg, name):
+            raise ConfigError(f"Laplace({name}=...) is not available with batches=; leave it empty "
+                              "or pass the full data without batches=")
+    local = rt.batches.plate_sites
+    factors = [s.name for s in rt.log_density.sites if s.kind is SiteKind.FACTOR and s.name in local]
+    if factors:
+        raise ModelError(
+            f"factor site {factors[0]!r} is inside the batch plate {rt.batches.plate!r}: streaming Laplace "
+            "takes the likelihood from observed sites only; write it as an observed site, or pass the full data"
+        )
+
+
+def _lik_curvature(ld, mean, index, curvature, structure, key, num_fisher_samples):
+    """One batch's (unscaled) log-likelihood, its gradient (D,) and its curvature on ``index``
+    ((d, d) or (d,)): the per-datum sum of :func:`curvature_ops`' likelihood part."""
+    d = index.shape[0]
+    ops = curvature_ops(ld, mean, index, curvature, key, num_fisher_samples=num_fisher_samples, batch_size=None)
+    if structure == "full":
+        c = jax.vmap(ops.lik_matvec)(jnp.eye(d, dtype=mean.dtype))
+        c = 0.5 * (c + c.T)
+    else:
+        c = ops.lik_diag_at(jnp.arange(d))
+    value, grad = jax.value_and_grad(lambda x: ld.split.log_likelihood(ld.unravel(x)))(mean)
+    return {"loglik": value, "grad": grad, "curv": c}
+
+
+def _prior_curvature(ld, mean, index, structure):
+    """The log prior (log-Jacobian included), its gradient (D,) and -∇² on ``index``, once."""
+    def logprior(x):
+        return ld.split.log_prior(ld.unravel(x))
+
+    d = index.shape[0]
+
+    def sub(x):
+        return logprior(mean.at[index].set(x))
+
+    x0 = mean[index]
+    hvp = lambda v: -jax.jvp(jax.grad(sub), (x0,), (v,))[1]  # noqa: E731
+    p0 = jax.vmap(hvp)(jnp.eye(d, dtype=mean.dtype))
+    p0 = 0.5 * (p0 + p0.T)
+    value, grad = jax.value_and_grad(logprior)(mean)
+    return {"logprior": value, "grad": grad, "prec": p0 if structure == "full" else jnp.diagonal(p0)}
+
+
+def fit_batches_approximation(cfg, rt, rng_key):
+    """Streaming Laplace over ``rt.batches``: returns ``(approx, checks, summary)``.
+
+    1. MAP by ``cfg.optimizer`` (default adam) over the batches, each step on the
+       minibatch objective log p(θ) + (N/B) Σ_{n∈B} log p(y_n | θ) (``Runtime.stream``),
+       the returned point the average of the last ``average_fraction`` of the iterates;
+    2. one epoch of unscaled per-batch curvatures summed (``Runtime.epoch_sum``):
+       C = Σ_n C_n(θ*), the gradient and the log-likelihood at θ*;
+    3. precision P = P₀ + C / T with P₀ = -∇² log p(θ*) (prior and log-Jacobian) added once.
+
+    ``summary``: logdensity, grad (D,), num_steps_run, trace (the minibatch objective).
+    """
+    import optax
+
+    from ..vi.fit import fit_batches
+
+    ld0 = rt.log_density
+    index_np = site_index(ld0, cfg.sites)
+    index = jnp.asarray(index_np)
+    optimizer = cfg.optimizer if cfg.optimizer is not None else optax.adam(1e-2)
+    k_fit, k_curv = jax.random.split(rng_key)
+
+    def make_loss(ld):
+        def loss(x, key):
+            v = ld.flat_logdensity_fn(x)
+            return -v, v
+
+        return loss
+
+    x0 = ld0.ravel(ld0.init_position)
+    res = fit_batches(rt, make_loss, x0, optimizer, cfg.num_steps, k_fit,
+                      int(cfg.average_fraction * cfg.num_steps))
+    mean = res.params
+    struct, curv, nfs = cfg.structure, cfg.curvature, cfg.num_fisher_samples
+    lik = rt.epoch_sum("laplace_stream_curvature",
+                       lambda ld, ctx, m, k: _lik_curvature(ld, m, index, curv, struct, k, nfs),
+                       mean, k_curv, config=cfg)
+    pri = rt.call("laplace_stream_prior", lambda ld, ctx, m: _prior_curvature(ld, m, index, struct), mean)
+    prec = pri["prec"] + lik["curv"] / cfg.temperature
+    p = np.asarray(prec)
+    finite = bool(np.all(np.isfinite(p)))
+    tiny = np.finfo(p.dtype).tiny
+    if struct == "full":
+        ev = np.linalg.eigvalsh(p) if finite else np.array([np.nan])
+        pd = finite and ev[0] > 0
+        chol = np.linalg.cholesky(p) if pd else np.full_like(p, np.nan)
+        approx = FullGaussian(mean, index, prec, jnp.asarray(chol))
+        min_eig, cond = ev[0], ev[-1] / max(ev[0], tiny)
+    else:
+        pd = finite and bool(np.all(p > 0))
+        approx = DiagGaussian(mean, index, prec)
+        min_eig, cond = np.min(p), np.max(p) / max(np.min(p), tiny)
+    checks = {"finite": finite, "pd": bool(pd), "cond": float(cond), "min_eig": float(min_eig)}
+    summary = {"logdensity": float(lik["loglik"] + pri["logprior"]), "grad": np.asarray(lik["grad"] + pri["grad"]),
+               "num_steps_run": int(res.num_steps_run), "trace": np.asarray(res.trace)}
+    return approx, checks, summary
+
+
+def run_batches(cfg, rt, rng_key):
+    """``Laplace.run`` with ``pp.Batches``: :func:`fit_batches_approximation`, draws, the
+    PSIS weights over one epoch, the Status and the info (see ``Laplace``)."""
+    from .._errors import Status
+    from ..results.raw import KHAT_DRAWS, RawPosterior
+    from ..runtime.programs import approximation_weights
+
+    check_batches(cfg, rt)
+    ld = rt.log_density
+    k_fit, k_draw = jax.random.split(rng_key)
+    approx, checks, summ = fit_batches_approximation(cfg, rt, k_fit)
+    n = cfg.num_samples
+    draws = rt.call("laplace_stream_draws", lambda ld_, ctx, a, k: a.sample_flat(k, max(n, KHAT_DRAWS)),
+                    approx, k_draw)
+    lp, log_weight = approximation_weights(rt, approx, draws)
+    index = np.asarray(approx.index)
+    g = summ["grad"][index]
+    messages = []
+    dec = float("nan")  # Newton decrement sqrt(gᵀ P⁻¹ g) of the full-data density at the MAP
+    if checks["pd"]:
+        p = np.asarray(approx.precision if cfg.structure == "full" else approx.prec)
+        dec = float(np.sqrt(max(float(g @ (np.linalg.solve(p, g) if cfg.structure == "full" else g / p)), 0.0)))
+    if not checks["finite"]:
+        status = Status.NON_FINITE
+        messages.append(f"the streamed {cfg.curvature} x {cfg.structure} precision is not finite; lower the "
+                        "learning rate of the stochastic MAP or check the data")
+    elif not checks["pd"]:
+        status = Status.INDEFINITE_CURVATURE
+        messages.append(f"the streamed precision is not positive definite (smallest eigenvalue "
+                        f"{checks['min_eig']:.3g}); use a proper prior on every site or structure='diag'")
+    else:
+        status = Status.SUCCESS
+        if not np.isfinite(dec) or dec > cfg.mode_tol:
+            status = Status.MAP_NOT_CONVERGED
+            messages.append(f"the stochastic MAP is {dec:.3g} posterior sd from a stationary point of the full-data "
+                            f"density (Newton decrement, mode_tol={cfg.mode_tol}); increase num_steps or "
+                            "average_fraction, or lower the learning rate")
+    if status is Status.SUCCESS and not np.all(np.isfinite(np.asarray(lp[:n]))):
+        status = Status.NON_FINITE
+        messages.append("draws of the Gaussian have a non-finite posterior density")
+    d = index.shape[0]
+    log_z = summ["logdensity"] + 0.5 * d * math.log(2 * math.pi) - 0.5 * float(approx.logdet())
+    info = {
+        "messages": messages,
+        "curvature": cfg.curvature,
+        "structure": cfg.structure,
+        "laplace_sites": ",".join(cfg.sites) if cfg.sites else "",
+        "rank": 0,
+        "jacobian": int(cfg.jacobian),
+        "fallback": "",
+        "fallback_used": "",
+        "condition_number": checks["cond"],
+        "temperature": float(cfg.temperature),
+        "map_optimizer": "adam(1e-2)" if cfg.optimizer is None else repr(cfg.optimizer),
+        "map_steps": summ["num_steps_run"],
+        "map_logdensity": summ["logdensity"],
+        "map_max_abs_grad": float(np.max(np.abs(summ["grad"]))) if summ["grad"].size else 0.0,
+        "newton_decrement": dec,
+        "log_evidence": log_z,
+        "khat_log_weights": log_weight,
+        "map_objective_trace": summ["trace"],
+    }
+    position = ld.unravel(draws[None, :n])
+    stats = {"lp": lp[None, :n], "log_weight": log_weight[None, :n]}
+    return RawPosterior(position, stats, approx, status, info)

@@ -124,7 +124,7 @@ def kfac_factors(ld, mean_position, factors: dict):
             cot = {k: (lr * mask if k == site else jnp.zeros_like(v)) for k, v in z.items()}
             return vjp_fn(cot)[0]
 
-        g = jax.vmap(lambda j: jax.vmap(lambda lr: grad_r(lr, j), in_axes=2)(L))(jnp.arange(groups))
+        g = jax.vmap(lambda j: jax.vmap(lambda lr: grad_r(lr, j), in_axes=2)(L))(jnp.arange(groups))  # noqa: B023 (called at once)
         for k, gk in g.items():
             gk = gk.reshape(-1, gk.shape[-1])
             bsum[k] = bsum[k] + gk.T @ gk

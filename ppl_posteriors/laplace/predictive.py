@@ -27,7 +27,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from ..linalg import linearized_forward
-from .outer import _unflatten, canonical
+from .outer import canonical
 
 __all__ = ["predictives"]
 

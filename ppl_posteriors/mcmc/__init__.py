@@ -11,11 +11,17 @@ from .mala import MALA
 from .mclmc import MCLMC, AdjustedMCLMC
 from .nuts import NUTS
 from .rmh import RMH
+from .sgmcmc import BAOAB, SGHMC, SGLD, SGNHT, SGMCMCSampler
 from .slice import Slice
 from .smc import SMC
 
 __all__ = [
     "HMC",
+    "SGLD",
+    "SGHMC",
+    "SGNHT",
+    "BAOAB",
+    "SGMCMCSampler",
     "SMC",
     "Slice",
     "ChEESHMC",

@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from blackjax.mcmc import dynamic_hmc
 
 from ..registry import register_method
 from .adaptation import tuned_before_loop
 from .base import Sampler
+from .hmc import hmc_stats, jittered_hmc
 
 __all__ = ["ChEESHMC"]
 
@@ -82,32 +82,12 @@ class ChEESHMC(Sampler):
         return int(np.ceil(np.log2(self.num_warmup + self.num_samples)))
 
     def build(self, logdensity_fn, tuned):
-        max_bits = self._max_bits()
-
-        def integration_steps_fn(i, num_leapfrog_steps):  # BlackJAX's Halton jitter, as in chees_adaptation
-            return jnp.asarray(jnp.ceil(dynamic_hmc.halton_sequence(i, max_bits) * num_leapfrog_steps), dtype=int)
-
-        kernel = dynamic_hmc.build_kernel(next_random_arg_fn=lambda i: i + 1, integration_steps_fn=integration_steps_fn)
-
-        def init(position, rng_key=None):
-            return dynamic_hmc.init(position, logdensity_fn, jnp.asarray(0, dtype=int))
-
-        def step(rng_key, state):
-            return kernel(
-                rng_key, state, logdensity_fn, tuned["step_size"], tuned["inverse_mass_matrix"],
-                integration_steps_params=(tuned["num_leapfrog_steps"],),
-            )
-
-        return blackjax.base.SamplingAlgorithm(init, step)
+        # BlackJAX's Halton jitter, as in chees_adaptation: mean num_leapfrog_steps / 2
+        return jittered_hmc(logdensity_fn, tuned["step_size"], tuned["inverse_mass_matrix"],
+                            tuned["num_leapfrog_steps"], self._max_bits())
 
     def stats(self, state, info, tuned):
-        return {
-            "lp": state.logdensity,
-            "energy": info.energy,
-            "diverging": info.is_divergent,
-            "n_steps": jnp.asarray(info.num_integration_steps, jnp.int32),
-            "acceptance_rate": info.acceptance_rate,
-        }
+        return hmc_stats(state, info)
 
     def adaptation(self, logdensity_fn, ld, extras):
         n, d = self.num_chains, ld.dim

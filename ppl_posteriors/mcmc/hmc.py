@@ -22,9 +22,9 @@ from __future__ import annotations
 import dataclasses
 
 import blackjax
-from blackjax.mcmc import dynamic_hmc
 import jax.numpy as jnp
 import numpy as np
+from blackjax.mcmc import dynamic_hmc
 
 from ..registry import register_method
 from .base import WindowAdapted
@@ -82,32 +82,42 @@ class HMC(WindowAdapted):
         steps = self._steps(step_size)
         if not self.jitter:
             return blackjax.hmc(logdensity_fn, step_size, tuned["inverse_mass_matrix"], steps)
-        max_bits = 24
-
-        def integration_steps_fn(i):
-            return jnp.maximum(1, jnp.ceil(dynamic_hmc.halton_sequence(i, max_bits) * 2 * steps)).astype(jnp.int32)
-
-        kernel = dynamic_hmc.build_kernel(next_random_arg_fn=lambda i: i + 1, integration_steps_fn=integration_steps_fn)
-
-        def init(position, rng_key=None):
-            return dynamic_hmc.init(position, logdensity_fn, jnp.asarray(0, dtype=jnp.int32))
-
-        def step(rng_key, state):
-            return kernel(rng_key, state, logdensity_fn, step_size, tuned["inverse_mass_matrix"])
-
-        return blackjax.base.SamplingAlgorithm(init, step)
+        return jittered_hmc(logdensity_fn, step_size, tuned["inverse_mass_matrix"], 2 * steps)
 
     def stats(self, state, info, tuned):
-        return {
-            "lp": state.logdensity,
-            "energy": info.energy,
-            "diverging": info.is_divergent,
-            "n_steps": jnp.asarray(info.num_integration_steps, jnp.int32),
-            "acceptance_rate": info.acceptance_rate,
-        }
+        return hmc_stats(state, info)
 
     def extra_info(self, stats, tuned):
         return {"mean_integration_steps": float(np.mean(stats["n_steps"]))}
+
+
+def jittered_hmc(logdensity_fn, step_size, inverse_mass_matrix, max_steps, max_bits: int = 24):
+    """``blackjax.dynamic_hmc`` whose transition i takes max(1, ceil(h_i · max_steps)) leapfrog
+    steps, h_i the base-2 Halton sequence (BlackJAX's jitter, as in its ChEES adaptation)."""
+
+    def integration_steps_fn(i):
+        return jnp.maximum(1, jnp.ceil(dynamic_hmc.halton_sequence(i, max_bits) * max_steps)).astype(jnp.int32)
+
+    kernel = dynamic_hmc.build_kernel(next_random_arg_fn=lambda i: i + 1, integration_steps_fn=integration_steps_fn)
+
+    def init(position, rng_key=None):
+        return dynamic_hmc.init(position, logdensity_fn, jnp.asarray(0, dtype=jnp.int32))
+
+    def step(rng_key, state):
+        return kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix)
+
+    return blackjax.base.SamplingAlgorithm(init, step)
+
+
+def hmc_stats(state, info) -> dict:
+    """ArviZ sample_stats of an HMC transition (static or dynamic trajectory)."""
+    return {
+        "lp": state.logdensity,
+        "energy": info.energy,
+        "diverging": info.is_divergent,
+        "n_steps": jnp.asarray(info.num_integration_steps, jnp.int32),
+        "acceptance_rate": info.acceptance_rate,
+    }
 
 
 register_method("hmc", HMC, "Hamiltonian Monte Carlo (BlackJAX), static trajectory, Stan's window adaptation")

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 from .._progress import Progress, progress_enabled
 from . import mesh as _mesh
@@ -214,8 +215,6 @@ class Runtime:
         (carry, outs)
             The final carry, and ``out`` stacked along a leading (num_steps,) axis.
         """
-        import jax.numpy as jnp
-
         if self.batches is None:
             raise RuntimeError("Runtime.stream needs batches (pp.infer(..., batches=pp.Batches(...)))")
         bar = Progress(desc or getattr(self.config, "method_name", tag), [("steps", num_steps)], self.progress)
@@ -235,7 +234,9 @@ class Runtime:
                 bar.update(i)
                 if until is not None and (i + 1) % check_every == 0 and until(carry):
                     break
-            carry, outs = jax.block_until_ready((carry, jax.tree.map(lambda *o: jnp.stack(o), *outs)))
+            # stacked on the host: one jnp.stack over thousands of outputs would compile for seconds
+            carry = jax.block_until_ready(carry)
+            outs = jax.tree.map(lambda *o: np.stack(o), *jax.device_get(outs))
         self.run_time += time.perf_counter() - t0 - (self.compile_time - compile0)
         return carry, outs
 
