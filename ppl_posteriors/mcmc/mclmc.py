@@ -140,14 +140,20 @@ class MCLMC(_MCLMCBase):
             )
             return state, _as_tuned(params), n * _GRADS_PER_STEP
 
-        def tuner(key, states, tuned):
-            keys = jax.random.split(key, jax.tree.leaves(states.position)[0].shape[0])
-            return jax.vmap(tune_one)(keys, states)
-
-        return tuned_before_loop(_initial(ld.dim), tuner)
+        return tuned_before_loop(_initial(ld.dim), _per_chain(tune_one))
 
     def extra_info(self, stats, tuned):
         return {"L_mean": float(tuned["L"].mean()), "step_size_mean": float(tuned["step_size"].mean())}
+
+
+def _per_chain(tune_one):
+    """A ``tuned_before_loop`` tuner running ``tune_one(key, state)`` on every chain, vmapped."""
+
+    def tuner(key, states, tuned):
+        keys = jax.random.split(key, jax.tree.leaves(states.position)[0].shape[0])
+        return jax.vmap(tune_one)(keys, states)
+
+    return tuner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,11 +238,7 @@ class AdjustedMCLMC(_MCLMCBase):
             )
             return state, _as_tuned(params), n * _GRADS_PER_STEP
 
-        def tuner(key, states, tuned):
-            keys = jax.random.split(key, jax.tree.leaves(states.position)[0].shape[0])
-            return jax.vmap(tune_one)(keys, states)
-
-        return tuned_before_loop(_initial(ld.dim), tuner)
+        return tuned_before_loop(_initial(ld.dim), _per_chain(tune_one))
 
     def extra_info(self, stats, tuned):
         return {"L_mean": float(tuned["L"].mean()), "step_size_mean": float(tuned["step_size"].mean())}
