@@ -57,6 +57,10 @@ def notebooks(session):
 
 @nox.session
 def reference(session):
-    """Slow tier: NUTS with defaults on all posteriordb posteriors vs the references."""
+    """Slow tier: NUTS with defaults on all posteriordb posteriors vs the references; HMC,
+    MALA, adjusted MCLMC and SMC on the posteriors where each should work."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-q", "-m", "slow", "-s", "tests/test_reference_suite.py", *session.posargs)
+    session.run(
+        "pytest", "-q", "-m", "slow", "-s",
+        "tests/test_reference_suite.py", "tests/test_reference_samplers.py", *session.posargs,
+    )
