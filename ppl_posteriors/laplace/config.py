@@ -35,7 +35,8 @@ import numpy as np
 from .._errors import ConfigError, NumericalWarning, Status
 from ..density.init import draw_initial_positions
 from ..registry import MethodConfig, register_method
-from ..results.raw import KHAT_DRAWS, RawPosterior
+from ..results.raw import RawPosterior
+from ..results.resample import importance_resample, pool_size
 from ..runtime.programs import approximation_weights
 from .diagnose import _diagnose
 from .fit import fit_approximation, run_batches, site_index
@@ -129,6 +130,14 @@ class Laplace(MethodConfig):
     temperature : float, default 1.0
         With ``batches=`` only (the full-data path raises ConfigError for T != 1): the
         precision is P₀ + (1/T) Σ_n C_n (T < 1 sharpens, T > 1 widens).
+    importance_resampling : bool, default False
+        Return draws resampled from a pool of max(4 num_samples, 4000) draws of the Gaussian
+        with their Pareto-smoothed importance weights p/q (PSIS-SIR, systematic resampling:
+        ``ppl_posteriors.results.resample``), which moves a skewed posterior's moments from
+        the mode's Gaussian towards the posterior's. ``attrs`` get ``importance_resampling``,
+        ``resampling_ess`` (1/Σw̃² of the pool), ``resampling_unique``, ``resampling_pool``
+        and ``resampling_khat``; a ``NumericalWarning`` says when k-hat > 0.7 (the resampled
+        draws are then unreliable). The stored Gaussian (``approximation`` group) is unchanged.
 
     Minibatches (``pp.infer(..., batches=pp.Batches(loader, num_data=N))``): "ggn" or "fisher"
     x "full" or "diag" only (others, ``fallback`` and ``predictive`` raise ConfigError). θ* from
@@ -201,6 +210,7 @@ class Laplace(MethodConfig):
     optimizer: object = None
     average_fraction: float = 0.5
     temperature: float = 1.0
+    importance_resampling: bool = False
     _jitter_on: bool = dataclasses.field(default=False, repr=False)
 
     def __post_init__(self):
@@ -256,7 +266,7 @@ class Laplace(MethodConfig):
         )
         res = ms.best
         approx = DenseGaussian(res.position, res.precision, res.cholesky)
-        return ms, x0, ok, approx, approx.sample_flat(k_draw, max(self.num_samples, KHAT_DRAWS))
+        return ms, x0, ok, approx, approx.sample_flat(k_draw, pool_size(self.num_samples, self.importance_resampling))
 
     @property
     def _is_default(self) -> bool:
@@ -272,7 +282,7 @@ class Laplace(MethodConfig):
         k_fit, k_draw = jax.random.split(key)
         jitter = self.jitter if self._jitter_on else 0.0
         approx, checks, extra = fit_approximation(self, ld, mean, k_fit, self.curvature, self.structure, jitter)
-        return approx, checks, extra, approx.sample_flat(k_draw, max(self.num_samples, KHAT_DRAWS))
+        return approx, checks, extra, approx.sample_flat(k_draw, pool_size(self.num_samples, self.importance_resampling))
 
     @staticmethod
     def _at_point(ld, ctx, point):
@@ -321,6 +331,10 @@ class Laplace(MethodConfig):
                     break
         khat_log_weights = log_weight
         n = self.num_samples
+        resampled = {}
+        if self.importance_resampling and not status.is_failure:
+            rs = importance_resample(draws, lp, log_weight, n, jax.random.fold_in(rng_key, 4), what="Laplace Gaussian", warn=False)
+            draws, lp, log_weight, resampled, messages = rs.draws, rs.lp, rs.log_weight, rs.info, messages + rs.messages
         draws, lp, log_weight = draws[:n], lp[:n], log_weight[:n]
         grad = np.asarray(res.grad)
         if checks is None:
@@ -360,6 +374,8 @@ class Laplace(MethodConfig):
             "newton_decrement": float(res.decrement),
             "log_evidence": log_z,
             "khat_log_weights": khat_log_weights,
+            "importance_resampling": int(bool(resampled.get("importance_resampling", 0))),
+            **{k: v for k, v in resampled.items() if k != "importance_resampling"},
             # arrays: kept in the RawPosterior only (attrs take scalars)
             "map_starts": np.asarray(x0),
             "map_start_logdensities": np.asarray(ms.starts.logdensity),

@@ -255,6 +255,11 @@ def outer_factors(split, position, curvature: str, rng_key, num_samples: int):
                 mc.append(name)
             lam, q = jnp.linalg.eigh(0.5 * (f + jnp.swapaxes(f, -1, -2)))
             L = q * jnp.sqrt(jnp.clip(lam, 0.0))[:, None, :]
+            if c.cls is dist.CategoricalLogits and L.shape[-1] > 1:
+                # diag(p) - ppᵀ annihilates the ones vector: its smallest eigenvalue is 0, so
+                # the first column (eigh sorts ascending) is zero; dropping it (R = C - 1)
+                # saves a tenth of every product with L for 10 classes
+                L = L[..., 1:]
         elif curvature == "fisher":
             L = _scores(c, c.y)[:, :, None]
         elif curvature == "mc_fisher":

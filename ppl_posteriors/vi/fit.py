@@ -20,18 +20,23 @@ import optax
 
 from .._progress import Progress
 
-__all__ = ["FitResult", "FitState", "elbo_converged", "fit", "fit_batches", "init_state", "make_step"]
+__all__ = ["FitResult", "FitState", "cosine_factor", "elbo_converged", "fit", "fit_batches", "init_state", "make_step"]
 
 
 class FitResult(NamedTuple):
     """params: the returned parameters (averaged iterates, see ``fit``); trace (num_steps,):
     the objective value per step, NaN after an early stop; num_steps_run: steps taken
-    (int scalar); stopped_early: bool scalar."""
+    (int scalar); stopped_early: bool scalar; last_params: the last iterate and
+    opt_state: the optimiser's state after it (what a resumed fit continues from);
+    step: the global step count, resumed steps included (int scalar)."""
 
     params: object
     trace: jax.Array
     num_steps_run: jax.Array
     stopped_early: jax.Array
+    last_params: object = None
+    opt_state: object = None
+    step: jax.Array | None = None
 
 
 def _show_objective(progress: Progress | None, i, value) -> None:
@@ -67,17 +72,32 @@ class FitState(NamedTuple):
     since_best: jax.Array
 
 
-def init_state(params, optimizer: optax.GradientTransformation) -> FitState:
-    """The state before the first step."""
+def init_state(params, optimizer: optax.GradientTransformation, opt_state=None) -> FitState:
+    """The state before the first step (``opt_state``: a saved optimiser state to continue
+    from, e.g. Adam's moments and step count; None starts the optimiser afresh)."""
     zero = jnp.zeros((), jnp.result_type(float))
-    return FitState(jnp.zeros((), jnp.int32), params, optimizer.init(params), params, params, zero,
+    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    return FitState(jnp.zeros((), jnp.int32), params, opt_state, params, params, zero,
                     jnp.asarray(jnp.inf, zero.dtype), jnp.zeros((), jnp.int32))
 
 
+ANNEAL_FLOOR = 0.1
+
+
+def cosine_factor(i, num_steps: int, floor: float = ANNEAL_FLOOR):
+    """floor + (1 - floor) ½ (1 + cos(π i / n)): the cosine annealing factor of step i of
+    n (1 at the first step, ``floor`` from step n on; Loshchilov & Hutter 2017, "SGDR",
+    ICLR). The floor keeps the iterates moving for the averaging window that follows."""
+    c = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(i, num_steps) / max(num_steps, 1)))
+    return floor + (1.0 - floor) * c
+
+
 def make_step(loss_fn: Callable, optimizer, num_steps: int, num_average: int = 0, *,
-              rtol: float = 1e-4, smoothing: int = 100):
+              rtol: float = 1e-4, smoothing: int = 100, anneal: bool = False):
     """``step(state, key) -> (state, loss, value)``: one optax step on ``loss_fn(params, key)
-    -> (loss, value)``, with the averaging and early-stopping bookkeeping of :func:`fit`."""
+    -> (loss, value)``, with the averaging and early-stopping bookkeeping of :func:`fit`.
+    ``anneal``: multiply the optimiser's updates by :func:`cosine_factor` of the step
+    (for Adam, the same as a cosine-decayed learning rate over this fit's steps)."""
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     start = num_steps - num_average
     decay = 1.0 - 1.0 / max(1, smoothing)
@@ -86,6 +106,9 @@ def make_step(loss_fn: Callable, optimizer, num_steps: int, num_average: int = 0
         i = st.i
         (loss, value), grads = value_and_grad(st.params, key)
         updates, opt_state = optimizer.update(grads, st.opt_state, st.params)
+        if anneal:
+            f = cosine_factor(i, start)  # anneal until the averaging window, then hold the floor
+            updates = jax.tree.map(lambda u: (f * u).astype(u.dtype), updates)
         params = optax.apply_updates(st.params, updates)
         weight = jnp.where(i >= start, 1.0 / (i - start + 1.0), 0.0)
         avg = jax.tree.map(lambda a, p: a + weight * (p - a), st.avg, params)
@@ -122,6 +145,9 @@ def fit(
     patience: int | None = None,
     smoothing: int = 100,
     maximise: bool = True,
+    opt_state=None,
+    start=0,
+    anneal: bool = False,
 ):
     """Minimise ``loss_fn(params, rng_key) -> (loss, value)`` for up to ``num_steps`` steps.
 
@@ -152,13 +178,25 @@ def fit(
         ``num_steps``.
     maximise : bool
         Only for the sign of the objective shown in the progress bar.
+    opt_state : pytree, optional
+        The optimiser state to continue from (``FitResult.opt_state`` of an earlier fit
+        that ended at ``params``); None starts the optimiser afresh.
+    start : int or int scalar
+        Global index of the first step. Step i draws with ``fold_in(rng_key, start + i)``,
+        so a fit of n steps resumed (``params=last_params``, ``opt_state``, ``start=n``,
+        same ``rng_key``) for m more takes exactly the steps of one fit of n + m.
+    anneal : bool
+        Anneal the updates with :func:`cosine_factor` over these ``num_steps`` (a
+        resumed fit anneals again over its own steps: a warm restart).
 
     Returns
     -------
     FitResult
     """
-    step = make_step(loss_fn, optimizer, num_steps, num_average, rtol=rtol, smoothing=smoothing)
-    keys = jax.random.split(rng_key, num_steps)
+    step = make_step(loss_fn, optimizer, num_steps, num_average, rtol=rtol, smoothing=smoothing, anneal=anneal)
+    start = jnp.asarray(start, jnp.int32)
+    # key of step i: fold_in(rng_key, start + i), computed for all steps at once (cheaper in the loop)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(rng_key, start + jnp.arange(num_steps, dtype=jnp.int32))
     trace0 = jnp.full((num_steps,), jnp.nan)
 
     def cond(carry):
@@ -178,27 +216,31 @@ def fit(
             _show_objective(progress, i, st.ema if not maximise else -st.ema)
         return st, trace
 
-    st, trace = jax.lax.while_loop(cond, body, (init_state(params, optimizer), trace0))
-    return FitResult(final_params(st, num_steps, num_average), trace, st.i, st.i < num_steps)
+    st, trace = jax.lax.while_loop(cond, body, (init_state(params, optimizer, opt_state), trace0))
+    return FitResult(final_params(st, num_steps, num_average), trace, st.i, st.i < num_steps,
+                     st.params, st.opt_state, start + st.i)
 
 
 def fit_batches(rt, make_loss: Callable, params, optimizer, num_steps: int, rng_key,
                 num_average: int = 0, *, rtol: float = 1e-4, patience: int | None = None,
-                smoothing: int = 100) -> FitResult:
+                smoothing: int = 100, opt_state=None, start=0, anneal: bool = False) -> FitResult:
     """:func:`fit` over the batches of ``rt`` (``pp.Batches``): one compiled step per batch,
     dispatched from the runtime's host loop (:meth:`Runtime.stream`); ``make_loss(ld)`` is
     the loss on the batch-bound (N / B-scaled) log density. Early stopping is checked
-    every 100 steps; the trace holds the steps taken."""
+    every 100 steps; the trace holds the steps taken. A resumed fit (``opt_state``,
+    ``start``) continues the optimiser; the batches start again from the first epoch."""
 
     def program(ld, ctx, st, key):
-        step = make_step(make_loss(ld), optimizer, num_steps, num_average, rtol=rtol, smoothing=smoothing)
+        step = make_step(make_loss(ld), optimizer, num_steps, num_average, rtol=rtol, smoothing=smoothing,
+                         anneal=anneal)
         st, _loss, value = step(st, key)
         return st, value
 
     until = None if patience is None else (lambda st: bool(st.since_best >= patience))
-    st, trace = rt.stream("fit", program, init_state(params, optimizer), rng_key,
+    st, trace = rt.stream("fit", program, init_state(params, optimizer, opt_state), rng_key,
                           num_steps=num_steps, until=until)
-    return FitResult(final_params(st, num_steps, num_average), trace, st.i, st.i < num_steps)
+    return FitResult(final_params(st, num_steps, num_average), trace, st.i, st.i < num_steps,
+                     st.params, st.opt_state, jnp.asarray(start, jnp.int32) + st.i)
 
 
 def elbo_converged(elbo_trace, window: int, rtol: float = 1e-4) -> tuple[bool, float]:

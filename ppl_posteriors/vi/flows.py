@@ -37,7 +37,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import paramax
 from jax.flatten_util import ravel_pytree
 
@@ -91,14 +90,22 @@ def build_flow(key, spec: dict):
         flow = ff.planar_flow(k1, base_dist=base, flow_layers=layers, invert=False)
     else:  # pragma: no cover - FlowVI validates the name
         raise ConfigError(f"unknown flow {name!r}")
-    affine = fb.Affine(jnp.zeros(d), jnp.ones(d))
+    if spec.get("affine") == "triangular":
+        affine = fb.TriangularAffine(jnp.zeros(d), jnp.eye(d))
+    else:
+        affine = fb.Affine(jnp.zeros(d), jnp.ones(d))
     return Transformed(base, fb.Chain([flow.bijection, affine]))
 
 
 def _set_affine(flow, loc, scale):
+    """The flow with its last (affine) layer set to z = loc + scale · y: ``scale`` (D,) or,
+    for a triangular affine layer, a lower-triangular (D, D) or (D,) (diagonal)."""
     from flowjax import bijections as fb
 
-    affine = fb.Affine(loc, scale)
+    if isinstance(flow.bijection.bijections[-1], fb.TriangularAffine):
+        affine = fb.TriangularAffine(loc, scale if scale.ndim == 2 else jnp.diag(scale))
+    else:
+        affine = fb.Affine(loc, scale)
     return eqx.tree_at(lambda f: f.bijection.bijections[-1], flow, affine)
 
 
@@ -130,9 +137,18 @@ def guide(spec: dict, init_scale: float = 0.1) -> Guide:
         _, unravel = ravel_pytree(eqx.filter(build_flow(jax.random.key(0), spec), eqx.is_inexact_array))
         return unravel(jnp.asarray(a.flow_params))
 
+    def init_laplace(key, mode, h):
+        # the standardising affine layer at the mode with the Laplace marginal sds sqrt(diag H⁻¹),
+        # or (affine="triangular") with L = chol(H⁻¹): the flow starts at the Laplace approximation
+        cov = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(h), True), jnp.eye(h.shape[0], dtype=h.dtype))
+        tri = spec.get("affine") == "triangular"
+        scale = jnp.linalg.cholesky(0.5 * (cov + cov.T)) if tri else jnp.sqrt(jnp.diag(cov))
+        flow = _set_affine(build_flow(key, spec), mode, scale)
+        return eqx.filter(flow, eqx.is_inexact_array)
+
     has_inverse = spec["flow"] not in _NO_INVERSE
     return Guide(f"flow:{spec['flow']}", init, sample_and_log_prob, log_prob if has_inverse else None,
-                 None, approximation, from_approximation=from_approximation)
+                 None, approximation, from_approximation=from_approximation, init_laplace=init_laplace)
 
 
 @register_approximation
@@ -199,6 +215,10 @@ class FlowVI(VIConfig):
         Splines act on [-interval, interval] (standardised units) and are the identity outside.
     nn_block_dim : int, default 8
         Block size of BNAF.
+    affine : str, default "diagonal"
+        The last layer z = μ + S y: "diagonal" S (per-coordinate scales) or "triangular"
+        (lower-triangular S, O(D²): the flow then contains every full-rank Gaussian; with
+        ``init="laplace"`` it starts at the Laplace approximation, S = chol(H⁻¹)).
     {common}
 
     Raises
@@ -215,9 +235,11 @@ class FlowVI(VIConfig):
     knots: int = 8
     interval: float = 4.0
     nn_block_dim: int = 8
+    affine: str = "diagonal"
 
     def __post_init__(self):
         resolve_flow(self.flow)
+        self._choice("affine", ("diagonal", "triangular"))
         self._positive_int("flow_layers", "nn_width", "nn_depth", "knots", "nn_block_dim")
         self._require(self.interval > 0, "interval", "must be > 0")
         super().__post_init__()
@@ -226,9 +248,8 @@ class FlowVI(VIConfig):
         name = resolve_flow(self.flow)
         return f"flow {name!r}", name not in _NO_INVERSE
 
-    def default_optimizer(self):
-        name = resolve_flow(self.flow)
-        return optax.adam(1e-2 if name.startswith("gaussian") else 1e-3)
+    def default_learning_rate(self):
+        return 1e-2 if resolve_flow(self.flow).startswith("gaussian") else 1e-3
 
     def make_guide(self, dim: int) -> Guide:
         name = resolve_flow(self.flow)
@@ -242,6 +263,8 @@ class FlowVI(VIConfig):
         spec = {"flow": name, "dim": int(dim), "flow_layers": self.flow_layers, "nn_width": self.nn_width,
                 "nn_depth": self.nn_depth, "knots": self.knots, "interval": float(self.interval),
                 "nn_block_dim": self.nn_block_dim}
+        if self.affine == "triangular":  # only then: specs stored before the option stay valid
+            spec["affine"] = "triangular"
         return guide(spec, self.init_scale)
 
 

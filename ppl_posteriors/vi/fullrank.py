@@ -79,7 +79,13 @@ def guide(init_scale: float = 0.1) -> Guide:
         tril = jnp.asarray(a.scale_tril)
         return FullRankParams(jnp.asarray(a.mean), jnp.tril(tril, -1) + jnp.diag(jnp.log(jnp.diag(tril))))
 
-    return Guide("fullrank", init, sample_and_log_prob, log_prob, entropy, approximation, moments, from_approximation)
+    def init_laplace(key, mode, h):
+        cov = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(h), True), jnp.eye(h.shape[0], dtype=h.dtype))
+        tril = jnp.linalg.cholesky(0.5 * (cov + cov.T))  # L Lᵀ = H⁻¹
+        return FullRankParams(mode, jnp.tril(tril, -1) + jnp.diag(jnp.log(jnp.diag(tril))))
+
+    return Guide("fullrank", init, sample_and_log_prob, log_prob, entropy, approximation, moments, from_approximation,
+                 init_laplace)
 
 
 @register_approximation

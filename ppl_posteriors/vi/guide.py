@@ -52,6 +52,10 @@ class Guide(NamedTuple):
         ``from_approximation(approx) -> params`` or None if ``approx`` (a stored fitted
         approximation) is not of this guide: the inverse of ``approximation``, for
         warm starts (``init_from``).
+    init_laplace : callable or None
+        ``init_laplace(rng_key, mode, precision) -> params``: a guide started from the
+        Laplace approximation N(mode (D,), precision⁻¹ (D, D)) (``init="laplace"``, see
+        :mod:`.resume`); None: the guide is only centred at the mode.
     """
 
     name: str
@@ -62,3 +66,4 @@ class Guide(NamedTuple):
     approximation: Callable[[Any], Any]
     moments: Callable[[Any], tuple[jax.Array, jax.Array]] | None = None
     from_approximation: Callable[[Any], Any] | None = None
+    init_laplace: Callable[[jax.Array, jax.Array, jax.Array], Any] | None = None

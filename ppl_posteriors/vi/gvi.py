@@ -53,7 +53,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from .._errors import ConfigError, closest
 from ..model.args import merge_args
@@ -318,9 +317,7 @@ class GeneralizedVI(MethodConfig):
         vi = self._vi_config()
         spec, model = rt.template.spec, rt.template.model
         guide = vi._build_guide(rt.log_density, (model, *merge_args(spec, tuple(rt.arrays))))
-        optimizer = vi.optimizer if vi.optimizer is not None else vi.default_optimizer()
-        if self.clip_norm is not None:
-            optimizer = optax.chain(optax.clip_by_global_norm(self.clip_norm), optimizer)
+        optimizer, anneal = vi._optimizer()  # clipping included
         num_average = int(self.average_fraction * self.num_steps)
         window = self.convergence_window or max(50, self.num_steps // 10)
         patience = self.max_steps_without_improvement
@@ -362,7 +359,7 @@ class GeneralizedVI(MethodConfig):
                 params = fit(prior_objective, params, optimizer, self.prior_steps, jax.random.fold_in(key, 3),
                              maximise=False).params
             res = fit(objective, params, optimizer, self.num_steps, k_fit, ctx.progress, num_average,
-                      rtol=self.rtol, patience=patience, smoothing=smoothing, maximise=False)
+                      rtol=self.rtol, patience=patience, smoothing=smoothing, maximise=False, anneal=anneal)
             draws, log_q = g.sample_and_log_prob(k_draw, res.params, n_draws)
             losses = jax.vmap(loss_flat)(draws)
             lp = jax.vmap(ld.posterior_logdensity_fn)(ld.unravel(draws)) - losses / self.w

@@ -97,8 +97,22 @@ def guide(rank: int, init_scale: float = 0.1) -> Guide:
             return None
         return LowRankParams(jnp.asarray(a.mean), jnp.asarray(a.cov_factor), jnp.log(jnp.asarray(a.diag)))
 
+    def init_laplace(key, mode, h):
+        # Σ = H⁻¹; F: its top-r eigenvectors scaled as in probabilistic PCA (Tipping & Bishop
+        # 1999: sqrt(λ_j - σ²), σ² the mean of the other eigenvalues); d² matches diag(Σ),
+        # floored at a quarter of the conditional variances 1 / H_ii
+        cov = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(h), True), jnp.eye(h.shape[0], dtype=h.dtype))
+        lam, vec = jnp.linalg.eigh(0.5 * (cov + cov.T))  # ascending
+        r = min(rank, h.shape[0])
+        rest = lam[: h.shape[0] - r]
+        sigma2 = jnp.mean(rest) if rest.size else jnp.zeros((), h.dtype)
+        top = jnp.sqrt(jnp.maximum(lam[h.shape[0] - r:] - sigma2, 0.0))
+        factor = jnp.zeros((h.shape[0], rank), h.dtype).at[:, :r].set(vec[:, h.shape[0] - r:] * top)
+        d2 = jnp.maximum(jnp.diag(cov) - jnp.sum(factor**2, -1), 0.25 / jnp.diag(h))
+        return LowRankParams(mode, factor, 0.5 * jnp.log(d2))
+
     return Guide(f"lowrank{rank}", init, sample_and_log_prob, log_prob, entropy, approximation, moments,
-                 from_approximation)
+                 from_approximation, init_laplace)
 
 
 @register_approximation

@@ -69,6 +69,8 @@ def guide(init_scale: float = 0.1) -> Guide:
         lambda p: (p.loc, jnp.exp(2.0 * p.log_scale)),
         lambda a: MeanFieldParams(jnp.asarray(a.mean), jnp.log(jnp.asarray(a.scale)))
         if isinstance(a, MeanFieldGaussian) else None,
+        # σ_i = H_ii^(-1/2): the mean-field reverse-KL optimum for N(mode, H⁻¹)
+        lambda key, mode, h: MeanFieldParams(mode, -0.5 * jnp.log(jnp.diag(h))),
     )
 
 

@@ -33,7 +33,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from .._errors import ConfigError, ModelError
 from ..model.sites import SiteKind
@@ -240,8 +239,8 @@ class NumPyroGuideVI(VIConfig):
     -----
     Every objective runs with ``estimator="pathwise"`` (the default); "score", "stl" and
     "dreg" need log q at a given point, which a NumPyro guide cannot evaluate, and
-    raise ConfigError. ``init_scale`` does not apply (the guide's own ``init_loc_fn`` and
-    ``init_scale`` do: pass them in ``guide_kwargs``). Batches (``pp.Batches``) are
+    raise ConfigError. ``init`` must stay "position" and ``init_scale`` does not apply
+    (the guide's own ``init_loc_fn`` and ``init_scale`` do: pass them in ``guide_kwargs``). Batches (``pp.Batches``) are
     refused: the guide is built on the whole model. The stored approximation holds the
     guide's parameters (``NumPyroGuideApproximation.params()``), not a re-drawable q.
 
@@ -267,13 +266,12 @@ class NumPyroGuideVI(VIConfig):
 
             object.__setattr__(self, "guide", AutoNormal)
         check_guide("NumPyroGuideVI", self.guide, self.guide_kwargs)
+        self._require(self.init == "position", "init", "a NumPyro guide starts from its own init_loc_fn: pass "
+                      "init_loc_fn=numpyro.infer.init_to_median (or another) in guide_kwargs; leave init='position'")
         super().__post_init__()
 
     def guide_info(self):
         return f"NumPyro guide {getattr(self.guide, '__name__', self.guide)!r}", False
-
-    def default_optimizer(self):
-        return optax.adam(1e-2)
 
     def _build_guide(self, ld, model_args) -> Guide:
         return guide(self.guide, self.guide_kwargs, ld, model_args)
