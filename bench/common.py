@@ -65,6 +65,7 @@ __all__ = [
     "CompileTimer",
     "capture_warnings",
     "compact_warnings",
+    "data_check",
     "ess_min",
     "flatten",
     "get_target",
@@ -306,6 +307,14 @@ TARGETS = {"logreg": _logreg, "eight_schools": _eight_schools, "gauss100": _gaus
 
 def get_target(name: str) -> Target:
     return TARGETS[name]()
+
+
+def data_check(target: Target) -> float:
+    """Sum of |x| over the target's data arrays: a cheap fingerprint that
+    ``mcmc_b2_nutpie.py`` (another virtualenv, no JAX) records so that ``mcmc_b2.py`` can
+    verify that both sampled the same posterior."""
+    arrays = list(target.args) + list(target.kwargs.values())
+    return float(sum(np.abs(np.asarray(a, dtype=np.float64)).sum() for a in arrays))
 
 
 # ----------------------------------------------------------------------------- draws

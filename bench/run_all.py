@@ -1,11 +1,12 @@
-"""Run the B2 (NUTS), B3 (mean-field VI) and B4 (Laplace) benchmarks one after another.
+"""Run the B1 (Laplace for a neural net), B2 (NUTS), B3 (VI) and B4 (Laplace for PPL
+models) benchmarks one after another.
 
 Each script runs in its own Python process (fresh JAX caches, no cross-talk), its output
 is shown live and also written to bench/out/<script>[_quick].log; the tables are in
 bench/out/*.csv. The NUTS reference used by B3 and B4 is computed once and cached in
 bench/out/ (delete the ref_*.npz files to recompute it).
 
-    python bench/run_all.py [--quick] [--only b2,b3,b4] [--timeout SECONDS] [-- extra args]
+    python bench/run_all.py [--quick] [--only b1,b2,b3,b4] [--timeout SECONDS] [-- extra args]
 
 Extra arguments after ``--`` are passed to every script (e.g. ``-- --reps 5``).
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out"
-SCRIPTS = {"b2": "b2_nuts.py", "b3": "b3_vi.py", "b4": "b4_laplace.py"}
+SCRIPTS = {"b1": "laplace_b1.py", "b2": "mcmc_b2.py", "b3": "vi_b3.py", "b4": "laplace_b4.py"}
 
 
 def main(argv=None) -> int:
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
         argv, extra = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke check (~6 min on 2 cores)")
-    p.add_argument("--only", default="b2,b3,b4", help="comma-separated subset of b2,b3,b4")
+    p.add_argument("--only", default="b1,b2,b3,b4", help="comma-separated subset of b1,b2,b3,b4")
     p.add_argument("--timeout", type=float, default=None, help="per-script timeout in seconds")
     args = p.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
