@@ -4,6 +4,8 @@
 >>> idata = pp.infer(model, x, y=y, method="nuts", rng_key=jax.random.key(0))
 """
 
+# first: reads PPL_POSTERIORS_HOST_DEVICES before anything starts JAX's backend
+from ._host import set_host_device_count  # noqa: I001
 from . import datasets, examples, linalg
 from ._errors import ConfigError, ModelError, NumericalError, NumericalWarning, Status
 from .api import infer, log_density
@@ -78,6 +80,7 @@ __all__ = [
     "methods",
     "model",
     "register_method",
+    "set_host_device_count",
     "datasets",
     "examples",
     "linalg",

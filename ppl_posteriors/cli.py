@@ -1,4 +1,14 @@
-"""``ppl-posteriors`` command line: ``ppl-posteriors demo [--quick] [--out DIR]``."""
+"""``ppl-posteriors`` command line.
+
+    ppl-posteriors [--host-devices N] demo [--quick] [--out DIR]
+    ppl-posteriors [--host-devices N] devices
+
+``--host-devices N`` gives JAX N CPU devices (``--xla_force_host_platform_device_count``);
+the flag must be set before JAX starts, and importing this module has started it, so
+the command restarts itself once with ``PPL_POSTERIORS_HOST_DEVICES=N`` in the
+environment. The demo then runs its NUTS chains on a ``pp.make_mesh(chain=...)`` mesh
+over those devices, each device its own chains (``chain_layout="per_device"``).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +34,7 @@ def _demo(args) -> int:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     progress = not args.no_progress
+    mesh = None
     if args.quick:
         configs = {
             "NUTS": pp.NUTS(num_chains=2, num_warmup=500, num_samples=500),
@@ -37,6 +48,11 @@ def _demo(args) -> int:
             "ADVI": pp.MeanFieldVI(num_steps=5000, num_samples=4000),
         }
 
+    devices = len(jax.devices())
+    if devices > 1:
+        chains = configs["NUTS"].num_chains
+        mesh = pp.make_mesh(chain=max(d for d in range(1, devices + 1) if chains % d == 0))
+        print(f"NUTS chains on {dict(mesh.shape)['chain']} host devices (chain_layout='per_device')")
     X, y, names = datasets.breast_cancer()
     logreg = pp.model(coords={"feature": names})(examples.logistic_regression)
     es = datasets.eight_schools()
@@ -58,7 +74,8 @@ def _demo(args) -> int:
             key, sub = jax.random.split(key)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", pp.NumericalWarning)
-                idata = pp.infer(model, *margs, method=cfg, rng_key=sub, progress=progress, **mkwargs)
+                kw = {"mesh": mesh} if label == "NUTS" and mesh is not None else {}
+                idata = pp.infer(model, *margs, method=cfg, rng_key=sub, progress=progress, **kw, **mkwargs)
             for w in caught:
                 if issubclass(w.category, pp.NumericalWarning):
                     print(f"  warning ({label}): {w.message}")
@@ -71,7 +88,8 @@ def _demo(args) -> int:
                 key, sub = jax.random.split(key)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", pp.NumericalWarning)
-                    again = pp.infer(model, *margs, method=cfg, rng_key=sub, progress=False, **mkwargs)
+                    kw = {"mesh": mesh} if label == "NUTS" and mesh is not None else {}
+                    again = pp.infer(model, *margs, method=cfg, rng_key=sub, progress=False, **kw, **mkwargs)
                 first = results[label].attrs
                 print(f"  {label:8s} first call {first['wall_time']:6.2f} s (compile {first['compile_time']:5.2f} s)"
                       f" -> again {again.attrs['wall_time']:6.3f} s (cache hit: {bool(again.attrs['cache_hit'])})")
@@ -90,9 +108,41 @@ def _demo(args) -> int:
     return 0
 
 
+def _devices(args) -> int:
+    import jax
+
+    devices = jax.devices()
+    print(f"{len(devices)} {devices[0].platform} device(s): {', '.join(str(d) for d in devices)}")
+    return 0
+
+
+def _restart_with_host_devices(n: int, argv) -> None:
+    """Re-execute this command with ``PPL_POSTERIORS_HOST_DEVICES=n`` unless JAX has n CPU devices."""
+    from ._errors import ConfigError
+    from ._host import ENV, host_device_count
+
+    if not (isinstance(n, int) and n >= 1):
+        raise ConfigError(f"--host-devices {n}: give an integer >= 1")
+    if host_device_count() == n:
+        return
+    if os.environ.get(ENV) == str(n):  # already restarted once: the flag did not take
+        raise ConfigError(f"--host-devices {n}: JAX still has {host_device_count()} CPU devices after restarting "
+                          f"with {ENV}={n}; is another XLA_FLAGS device count set?")
+    env = dict(os.environ, **{ENV: str(n)})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "ppl_posteriors.cli", *argv], env)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="ppl-posteriors", description=__doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="ppl-posteriors", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host-devices", type=int, default=None, metavar="N",
+                        help="give JAX N CPU devices (chains run on them in parallel); "
+                             "restarts the command with PPL_POSTERIORS_HOST_DEVICES=N")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("devices", help="list JAX's devices (with --host-devices N: N CPU devices)")
     demo = sub.add_parser(
         "demo",
         help="NUTS, Laplace and ADVI on logistic regression (breast cancer) and eight schools",
@@ -102,6 +152,10 @@ def main(argv=None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
+    if args.host_devices is not None:
+        _restart_with_host_devices(args.host_devices, argv)
+    if args.command == "devices":
+        return _devices(args)
     if args.command == "demo":
         return _demo(args)
     return 2

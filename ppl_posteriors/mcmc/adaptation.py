@@ -46,6 +46,10 @@ class Adaptation(NamedTuple):
         ``astate -> tuned`` parameters for the next warmup transition.
     final : callable
         ``astate -> tuned`` parameters for sampling.
+    with_initial_metric : callable or None
+        ``imm0 -> Adaptation``: the same adaptation started from the inverse mass
+        matrices ``imm0`` ((chain, D) or (chain, D, D)) instead of its own first guess
+        (warm starts, :mod:`.init`); None where the adaptation has no mass matrix.
     """
 
     num_steps: int
@@ -53,6 +57,7 @@ class Adaptation(NamedTuple):
     update: Callable
     tuned: Callable
     final: Callable
+    with_initial_metric: Callable | None = None
 
 
 def _identity(astate, *_):
@@ -111,7 +116,9 @@ def window_adaptation(
     engine is not public): ``tests/test_contracts.py`` catches churn.
 
     Tuned parameters: ``{"step_size": (chain,), "inverse_mass_matrix": (chain, D) or
-    (chain, D, D)}``.
+    (chain, D, D)}``. ``with_initial_metric(imm0)`` starts from ``imm0`` instead of
+    the identity (used until the first slow window ends; the windows' estimates are
+    regularised towards 1e-3 I as before, not towards ``imm0``).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -121,11 +128,21 @@ def window_adaptation(
     def as_tuned(step_size, imm):
         return {"step_size": step_size, "inverse_mass_matrix": imm}
 
-    def init(rng_key, positions, init_states):
-        astate = jax.vmap(lambda p: base_init(p, initial_step_size))(positions)
-        tuned = as_tuned(astate.step_size, astate.inverse_mass_matrix)
-        n = astate.step_size.shape[0]
-        return init_states(positions, tuned), astate, jnp.zeros((n,), jnp.int32)
+    def make_init(imm0):
+        def init(rng_key, positions, init_states):
+            astate = jax.vmap(lambda p: base_init(p, initial_step_size))(positions)
+            if imm0 is not None:
+                imm = jnp.asarray(imm0, astate.inverse_mass_matrix.dtype)
+                if imm.ndim != astate.inverse_mass_matrix.ndim:  # diagonal <-> dense
+                    imm = jax.vmap(jnp.diag)(imm) if imm.ndim == 2 else jnp.diagonal(imm, axis1=-2, axis2=-1)
+                astate = astate._replace(
+                    inverse_mass_matrix=imm, imm_state=astate.imm_state._replace(inverse_mass_matrix=imm)
+                )
+            tuned = as_tuned(astate.step_size, astate.inverse_mass_matrix)
+            n = astate.step_size.shape[0]
+            return init_states(positions, tuned), astate, jnp.zeros((n,), jnp.int32)
+
+        return init
 
     def update(astate, i, states, stats):
         stage = schedule[jnp.clip(i, 0, max(num_warmup - 1, 0))]
@@ -140,4 +157,7 @@ def window_adaptation(
     def final(astate):
         return as_tuned(*jax.vmap(base_final)(astate))
 
-    return Adaptation(num_warmup, init, update, tuned, final)
+    def with_metric(imm0):
+        return Adaptation(num_warmup, make_init(imm0), update, tuned, final, with_metric)
+
+    return Adaptation(num_warmup, make_init(None), update, tuned, final, with_metric)

@@ -17,18 +17,20 @@ counts -- is here and in :mod:`.loop`, written once for every sampler.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._errors import ModelError, Status
-from ..density.init import draw_initial_positions
 from ..registry import MethodConfig
 from ..results.raw import RawPosterior
-from .adaptation import Adaptation, window_adaptation
-from .loop import run_chains
+from .adaptation import Adaptation
+from .init import check_init, program_config, starting_points, warm_start
+from .loop import CHAIN_LAYOUTS, run_chains
+from .mass_matrix import MASS_MATRICES, adaptation_for
+from .restart import report_restarts
 
 __all__ = ["STATS_NAMES", "Sampler", "WindowAdapted", "mass_matrix_sqrt"]
 
@@ -62,6 +64,26 @@ class Sampler(MethodConfig):
     init_radius : float, default 2.0
         Chains start at uniform(-init_radius, init_radius) draws on the unconstrained
         space (Stan's default), redrawn until log density and gradient are finite.
+    restart_stuck : bool, default True
+        At checkpoints in warmup (7.5 %, 15 %, 25 % of it), restart chains stuck far below
+        another chain in both log density and estimated log mass (a frozen chain has none),
+        from the state of the best chains (position, step size, mass matrix, adaptation state);
+        recorded in ``attrs`` (``num_restarted_chains``, ``restarted_chains``) and in a
+        status message. See :mod:`ppl_posteriors.mcmc.restart`. A no-op with one chain or
+        without in-loop warmup (MCLMC, adjusted MCLMC, ChEES tune before the loop).
+    chain_layout : {"auto", "lockstep", "per_device"}, default "auto"
+        On a mesh with a ``"chain"`` axis: ``"per_device"`` runs each device's chains in
+        their own loop (``jax.shard_map``: no chain waits for another device's longest
+        trajectory); ``"lockstep"`` vmaps all chains in one loop that XLA splits over the
+        devices. ``"auto"`` is ``"per_device"`` where the mesh has no ``"data"`` axis.
+        Ignored without a mesh. See :mod:`ppl_posteriors.mcmc.loop`.
+    init : {"uniform", "pathfinder"}, default "uniform"
+        ``"pathfinder"``: start the chains at multi-path Pathfinder draws and the mass
+        matrix at each path's L-BFGS inverse Hessian (:mod:`ppl_posteriors.mcmc.init`).
+    init_from : result, optional
+        A Laplace or VI result of the same model (``pp.infer(..., method=pp.Laplace())``):
+        the chains start at draws from its approximation and the mass matrix at its
+        covariance. Its arrays are program arguments: another result does not recompile.
 
     Raises
     ------
@@ -74,6 +96,10 @@ class Sampler(MethodConfig):
     num_samples: int = 1000
     target_accept: float = 0.8
     init_radius: float = 2.0
+    restart_stuck: bool = True
+    chain_layout: str = "auto"
+    init: str = "uniform"
+    init_from: Any = None
 
     display_name: ClassVar[str] = "MCMC"
     uses_gradients: ClassVar[bool] = True  # n_steps counts gradient evaluations
@@ -91,6 +117,15 @@ class Sampler(MethodConfig):
         )
         self._require(0.0 < self.target_accept < 1.0, "target_accept", "must be in (0, 1)")
         self._require(self.init_radius >= 0, "init_radius", "must be >= 0")
+        self._require(isinstance(self.restart_stuck, bool), "restart_stuck", "must be True or False")
+        self._choice("chain_layout", CHAIN_LAYOUTS)
+        check_init(self)
+
+    def to_dict(self):
+        out = super().to_dict()
+        if self.init_from is not None:
+            out["init_from"] = "a previous result"
+        return out
 
     @property
     def num_parallel(self) -> int:
@@ -134,13 +169,16 @@ class Sampler(MethodConfig):
                 f"this model has {meta.dim}. Use pp.NUTS for it."
             )
         extras = self.setup(rt)
+        warm = warm_start(self, rt, rng_key)  # init_from's arrays (None without)
 
-        def program(ld, ctx, key, extras):
+        def program(ld, ctx, key, extras, warm):
             logdensity_fn = self.target(ld, extras)
             k_init, k_run = jax.random.split(key)
-            x0, ok = draw_initial_positions(ld.flat_logdensity_fn, k_init, self.num_chains, ld.dim, self.init_radius)
+            x0, ok, imm0 = starting_points(self, ld, k_init, warm)
             x0 = ctx.shard_chains(x0)
             adaptation = self.adaptation(logdensity_fn, ld, extras)
+            if imm0 is not None and adaptation.with_initial_metric is not None:
+                adaptation = adaptation.with_initial_metric(ctx.shard_chains(imm0))
             res = run_chains(
                 k_run,
                 ld.unravel(x0),
@@ -150,10 +188,14 @@ class Sampler(MethodConfig):
                 num_samples=self.num_samples,
                 progress=ctx.progress,
                 progress_offset=self.num_warmup - adaptation.num_steps,
+                restart_stuck=self.restart_stuck,
+                mesh=ctx.mesh,
+                layout=self.chain_layout,
             )
             return res, ok
 
-        res, ok = rt.call("sample", program, rng_key, extras, phases=self.phases(), desc=self.display_name)
+        res, ok = rt.call("sample", program, rng_key, extras, warm, phases=self.phases(), desc=self.display_name,
+                          config=program_config(self))
         if not bool(np.all(ok)):
             raise ModelError(
                 "no starting point with a finite log density and gradient was found in "
@@ -185,8 +227,10 @@ class Sampler(MethodConfig):
         if not np.all(np.isfinite(stats["lp"])):
             status = Status.NON_FINITE
             messages.append("some draws have a non-finite log density")
+        restart_info, restart_messages = report_restarts(res)
         info = {
-            "messages": messages,
+            **restart_info,
+            "messages": messages + restart_messages,
             "grad_evals": evals if self.uses_gradients else 0,
             "num_divergent": n_div,
             "is_mcmc": True,
@@ -199,18 +243,42 @@ class Sampler(MethodConfig):
 
 @dataclasses.dataclass(frozen=True)
 class WindowAdapted(Sampler):
-    """A sampler tuned by Stan's window adaptation (step size and mass matrix).
+    """A sampler whose step size and mass matrix adapt during warmup.
 
     Parameters
     ----------
+    mass_matrix : {"diag", "dense", "nutpie", "low_rank"}, default "diag"
+        The inverse mass matrix (proposal covariance) and its warmup:
+        ``"diag"`` / ``"dense"``: Stan's windowed Welford estimate of the draws'
+        variances / covariance; ``"nutpie"``: nutpie's diagonal sqrt(Var(x)/Var(∇log p))
+        from draws and gradients, updated every draw; ``"low_rank"``: nutpie's
+        diagonal times a low-rank correction (NUTS and HMC only). See
+        :mod:`ppl_posteriors.mcmc.mass_matrix`.
     dense_mass : bool, default False
-        Adapt a dense inverse mass matrix (proposal covariance) instead of a diagonal one.
+        Kept alias: ``dense_mass=True`` is ``mass_matrix="dense"`` (both spellings give
+        equal configs).
     """
 
+    mass_matrix: str = "diag"
     dense_mass: bool = False
 
+    #: the ``mass_matrix`` values this sampler takes (gradient-free ones: diag and dense)
+    mass_matrices: ClassVar[tuple[str, ...]] = ("diag", "dense", "nutpie")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dense_mass:
+            self._require(self.mass_matrix in ("diag", "dense"), "dense_mass",
+                          f"contradicts mass_matrix={self.mass_matrix!r}; use mass_matrix alone")
+            object.__setattr__(self, "mass_matrix", "dense")
+        self._choice("mass_matrix", MASS_MATRICES)
+        allowed = self.mass_matrices if self.uses_gradients else ("diag", "dense")
+        self._require(self.mass_matrix in allowed, "mass_matrix",
+                      f"must be one of {allowed} for {type(self).__name__}")
+        object.__setattr__(self, "dense_mass", self.mass_matrix == "dense")
+
     def adaptation(self, logdensity_fn, ld, extras) -> Adaptation:
-        return window_adaptation(self.num_warmup, self.target_accept, self.dense_mass)
+        return adaptation_for(self.mass_matrix, self.num_warmup, self.target_accept, logdensity_fn)
 
 
 def mass_matrix_sqrt(inverse_mass_matrix):

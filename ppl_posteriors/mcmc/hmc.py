@@ -28,6 +28,7 @@ from blackjax.mcmc import dynamic_hmc
 
 from ..registry import register_method
 from .base import WindowAdapted
+from .mass_matrix import kernel_metric
 
 __all__ = ["HMC"]
 
@@ -38,7 +39,7 @@ class HMC(WindowAdapted):
 
     Parameters
     ----------
-    num_chains, num_warmup, num_samples, init_radius, dense_mass
+    num_chains, num_warmup, num_samples, init_radius, init, init_from, mass_matrix, dense_mass
         See :class:`~ppl_posteriors.mcmc.base.Sampler`.
     target_accept : float, default 0.8
         Target acceptance probability of the step-size adaptation.
@@ -64,6 +65,7 @@ class HMC(WindowAdapted):
     max_integration_steps: int = 1024
     jitter: bool = True
     display_name = "HMC"
+    mass_matrices = ("diag", "dense", "nutpie", "low_rank")
 
     def __post_init__(self):
         super().__post_init__()
@@ -81,8 +83,8 @@ class HMC(WindowAdapted):
         step_size = tuned["step_size"]
         steps = self._steps(step_size)
         if not self.jitter:
-            return blackjax.hmc(logdensity_fn, step_size, tuned["inverse_mass_matrix"], steps)
-        return jittered_hmc(logdensity_fn, step_size, tuned["inverse_mass_matrix"], 2 * steps)
+            return blackjax.hmc(logdensity_fn, step_size, kernel_metric(tuned), steps)
+        return jittered_hmc(logdensity_fn, step_size, kernel_metric(tuned), 2 * steps)
 
     def stats(self, state, info, tuned):
         return hmc_stats(state, info)

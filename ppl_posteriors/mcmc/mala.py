@@ -65,7 +65,7 @@ class MALA(WindowAdapted):
 
     Parameters
     ----------
-    num_chains, num_warmup, num_samples, init_radius, dense_mass
+    num_chains, num_warmup, num_samples, init_radius, init, init_from, mass_matrix, dense_mass
         See :class:`~ppl_posteriors.mcmc.base.Sampler`.
     target_accept : float, default 0.574
         Target acceptance rate of the step-size adaptation (optimal for MALA in high

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..registry import register_method
 from .base import WindowAdapted
+from .mass_matrix import kernel_metric
 
 __all__ = ["NUTS"]
 
@@ -30,8 +31,10 @@ class NUTS(WindowAdapted):
 
     Parameters
     ----------
-    num_chains, num_warmup, num_samples, init_radius, dense_mass
-        See :class:`~ppl_posteriors.mcmc.base.Sampler` (defaults 4, 1000, 1000, 2.0, False).
+    num_chains, num_warmup, num_samples, init_radius, init, init_from, mass_matrix, dense_mass
+        See :class:`~ppl_posteriors.mcmc.base.Sampler` and :class:`~ppl_posteriors.mcmc.base.WindowAdapted`
+        (defaults 4, 1000, 1000, 2.0, "uniform", None, "diag", False); ``mass_matrix`` may be
+        "diag", "dense", "nutpie" or "low_rank".
     target_accept : float, default 0.8
         Target mean acceptance probability of the step-size adaptation, in (0, 1).
         Raise it (0.9, 0.95, 0.99) when there are divergences.
@@ -47,6 +50,7 @@ class NUTS(WindowAdapted):
     target_accept: float = 0.8
     max_tree_depth: int = 10
     display_name = "NUTS"
+    mass_matrices = ("diag", "dense", "nutpie", "low_rank")
 
     def __post_init__(self):
         super().__post_init__()
@@ -54,7 +58,7 @@ class NUTS(WindowAdapted):
 
     def build(self, logdensity_fn, tuned):
         return blackjax.nuts(
-            logdensity_fn, tuned["step_size"], tuned["inverse_mass_matrix"], max_num_doublings=self.max_tree_depth
+            logdensity_fn, tuned["step_size"], kernel_metric(tuned), max_num_doublings=self.max_tree_depth
         )
 
     def stats(self, state, info, tuned):

@@ -144,6 +144,8 @@ def _mixing(posterior: dict, latent: set[str]):
         ess = _per_element(draws, kind)
         ess = np.where(np.isnan(ess), 0.0, ess)
         attrs[f"ess_{kind}_min"] = float(ess.min()) if ess.size else float("nan")
+        if ess.size:
+            attrs[f"ess_{kind}_worst"] = _worst(labels, ess, ".0f", largest=False)
         if ess.size and ess.min() < threshold:
             low.append(f"{kind} {_worst(labels, ess, '.0f', largest=False, beyond=threshold)}")
     if low:
@@ -169,7 +171,8 @@ def _diagnose(raw: RawPosterior, posterior: dict, stats: dict, latent=None):
       2018, "Yes, but did it work?").
     * For MCMC draws (``info["is_mcmc"]``), per element of every site: rank-normalised
       split R-hat (``az.rhat``, the larger of the bulk and folded R-hat; >= 2 chains) and
-      bulk and tail ESS (``az.ess``). Only the ``latent`` sites (default: all of
+      bulk and tail ESS (``az.ess``; attrs ``ess_bulk_min`` / ``ess_tail_min`` and the three
+      lowest elements in ``ess_bulk_worst`` / ``ess_tail_worst``). Only the ``latent`` sites (default: all of
       ``posterior``) are judged: max R-hat > 1.01, or a bulk or tail ESS below 100 per
       chain, is ``POOR_MIXING`` (Vehtari et al. 2021, Bayesian Analysis 16:667, whose
       recommendations these are), and the message names the worst three elements with

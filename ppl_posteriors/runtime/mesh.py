@@ -133,8 +133,14 @@ def place(x, sharding):
 
 def place_arrays(mesh, template, arrays) -> tuple:
     """The model's array arguments on the mesh: split along ``"data"`` where the leading
-    axis is an observed plate's size, replicated otherwise."""
-    if mesh is None:
+    axis is an observed plate's size, replicated otherwise.
+
+    Without a ``"data"`` axis (size 1) in a single process they are left as given
+    (uncommitted): XLA replicates them, and programs that run per device under
+    ``jax.shard_map`` (MCMC's ``chain_layout="per_device"``) can close over them -- an
+    argument placed on the mesh carries the mesh in its type, which clashes with the
+    manual mesh inside ``shard_map`` (e.g. in ``jnp.tril``)."""
+    if mesh is None or (_size(mesh, "data") == 1 and jax.process_count() == 1):
         return tuple(arrays)
     sizes = _observed_plate_sizes(template) if _size(mesh, "data") > 1 else set()
     out = []

@@ -1,0 +1,332 @@
+"""Mass-matrix adaptations that read the gradients: nutpie's diagonal and low rank plus diagonal.
+
+Both are :class:`~.adaptation.Adaptation` s of the "in the loop" form, driven by the
+one chain loop like Stan's :func:`~.adaptation.window_adaptation`, per chain
+(vmapped), with BlackJAX's dual averaging of the step size (Hoffman & Gelman 2014,
+Alg. 5; ``blackjax.adaptation.step_size.dual_averaging_adaptation``). They need the
+log-density gradient at each draw: the sampler state's ``logdensity_grad`` (NUTS,
+HMC, MALA, Barker), else one extra gradient per draw.
+
+* :func:`nutpie_adaptation` -- the diagonal M⁻¹_ii = sqrt(Var(x_i) / Var(∂_i log p)),
+  which minimises the Fisher divergence between the target and its affine
+  whitening among diagonal preconditioners (Seyboldt et al., "Preconditioning
+  Hamiltonian Monte Carlo by minimizing Fisher divergence", nutpie; nuts-rs
+  ``mass_matrix/adapt.rs``, ``adapt_strategy.rs``), with nutpie's warmup.
+* :func:`low_rank_adaptation` -- M⁻¹ = diag(σ)(I + U(Λ - I)Uᵀ)diag(σ), the same
+  estimator plus up to ``max_rank`` eigen-directions of the draw and gradient
+  covariances (Algorithm 1 of that paper), computed by BlackJAX's
+  ``fisher_low_rank`` metric core on nutpie's growing windows
+  (``build_growing_window_schedule``); BlackJAX's NUTS/HMC kernels take the
+  factors directly (``blackjax.mcmc.metrics.LowRankInverseMassMatrix``), at O(D·k)
+  per leapfrog step.
+
+:func:`adaptation_for` picks the adaptation of a ``mass_matrix`` option and
+:func:`kernel_metric` turns tuned parameters into BlackJAX's ``inverse_mass_matrix``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.adaptation.low_rank_adaptation import build_growing_window_schedule
+from blackjax.adaptation.metric_recipes import REGISTRY, seed_low_rank_sigma_from_grad
+from blackjax.adaptation.step_size import dual_averaging_adaptation
+from blackjax.adaptation.window_adaptation import build_schedule
+from blackjax.mcmc.metrics import LowRankInverseMassMatrix
+from jax.flatten_util import ravel_pytree
+
+from .adaptation import Adaptation, window_adaptation
+
+__all__ = ["MASS_MATRICES", "adaptation_for", "kernel_metric", "low_rank_adaptation", "nutpie_adaptation"]
+
+MASS_MATRICES = ("diag", "dense", "low_rank", "nutpie")
+_LO, _HI = 1e-20, 1e20  # nutpie's clamp of the diagonal (nuts-rs LOWER_LIMIT / UPPER_LIMIT)
+
+
+def adaptation_for(kind: str, num_warmup: int, target_accept: float, logdensity_fn) -> Adaptation:
+    """The warmup of ``mass_matrix=kind`` (one of :data:`MASS_MATRICES`)."""
+    if kind in ("diag", "dense"):
+        return window_adaptation(num_warmup, target_accept, kind == "dense")
+    if kind == "nutpie":
+        return nutpie_adaptation(num_warmup, target_accept, logdensity_fn)
+    if kind == "low_rank":
+        return low_rank_adaptation(num_warmup, target_accept, logdensity_fn)
+    raise ValueError(f"unknown mass matrix {kind!r}")
+
+
+def kernel_metric(tuned: dict):
+    """BlackJAX's ``inverse_mass_matrix`` argument from tuned parameters: the array
+    ``tuned["inverse_mass_matrix"]`` ((D,) or (D, D)), or a ``LowRankInverseMassMatrix``
+    from ``imm_sigma`` (D,), ``imm_U`` (D, k), ``imm_lam`` (k,)."""
+    if "imm_sigma" in tuned:
+        return LowRankInverseMassMatrix(tuned["imm_sigma"], tuned["imm_U"], tuned["imm_lam"])
+    return tuned["inverse_mass_matrix"]
+
+
+def _flat_grads(states, logdensity_fn):
+    """(chain, D) positions and log-density gradients of a batch of sampler states."""
+    flat = jax.vmap(lambda p: ravel_pytree(p)[0])
+    if hasattr(states, "logdensity_grad"):
+        grads = states.logdensity_grad
+    else:  # one more gradient per draw
+        grads = jax.vmap(jax.grad(logdensity_fn))(states.position)
+    return flat(states.position), flat(grads)
+
+
+def _grad_diag(g):
+    """nutpie's first metric 1/|∂ log p| at the start; 1 where the gradient is ~0 or not finite."""
+    a = jnp.abs(g)
+    return jnp.where((a > 1e-10) & jnp.isfinite(a), 1.0 / jnp.clip(a, _LO, _HI), 1.0)
+
+
+# -- nutpie's diagonal --------------------------------------------------------------
+class _Moments(NamedTuple):
+    """Welford sums of draws and gradients: count, means and sums of squared deviations (D,)."""
+
+    n: jax.Array
+    mean_x: jax.Array
+    m2_x: jax.Array
+    mean_g: jax.Array
+    m2_g: jax.Array
+
+    @staticmethod
+    def empty(d, dtype):
+        z = jnp.zeros((d,), dtype)
+        return _Moments(jnp.zeros((), jnp.int32), z, z, z, z)
+
+    def add(self, x, g):
+        n = self.n + 1
+        dx, dg = x - self.mean_x, g - self.mean_g
+        mx, mg = self.mean_x + dx / n, self.mean_g + dg / n
+        return _Moments(n, mx, self.m2_x + dx * (x - mx), mg, self.m2_g + dg * (g - mg))
+
+
+class NutpieState(NamedTuple):
+    """Per-chain state of :func:`nutpie_adaptation` (leading chain axis when batched)."""
+
+    da: tuple
+    step_size: jax.Array
+    imm: jax.Array  # (D,)
+    fg: _Moments  # the estimate in use
+    bg: _Moments  # the next window's, started at the last switch
+    changed: jax.Array  # the metric has been estimated from draws
+
+
+def nutpie_schedule(num_warmup: int, early_window: float = 0.3, step_size_window: float = 0.15):
+    """(early_end, final_start): draws before ``early_end`` switch estimators every 10
+    draws, later ones every 80; from ``final_start`` on only the step size adapts
+    (nuts-rs ``AdaptOptions`` defaults)."""
+    return int(early_window * num_warmup), num_warmup - int(step_size_window * num_warmup)
+
+
+def nutpie_adaptation(
+    num_warmup: int,
+    target_accept: float,
+    logdensity_fn,
+    initial_step_size: float = 1.0,
+    early_switch: int = 10,
+    switch: int = 80,
+) -> Adaptation:
+    """nutpie's warmup of a diagonal inverse mass matrix from draw and gradient variances.
+
+    M⁻¹_ii = sqrt(Var(x_i) / Var(∂_i log p(x))) (the diagonal that minimises the
+    Fisher divergence of the whitened target; exact for a Gaussian with diagonal
+    covariance, where Var(∂_i log p) = 1 / Var(x_i)). Schedule (nuts-rs defaults):
+
+    * start: M⁻¹_ii = 1 / |∂_i log p(x₀)| (a diagonal Hessian guess at the start);
+    * the first 85% of warmup: every draw enters a foreground and a background
+      Welford estimate; the metric is recomputed from the foreground after every draw
+      (once it holds 3 draws); when the background holds ``early_switch`` draws (first
+      30% of warmup) or ``switch`` draws (later) it becomes the foreground and a new
+      background starts, unless the next switch would fall into the last 15%. The
+      step size's dual averaging restarts once, when the metric first changes;
+    * the last 15%: the metric is fixed, only the step size adapts; sampling uses the
+      dual-averaging average.
+
+    Regularisation as nutpie: entries clamped to [1e-20, 1e20], zero gradient
+    variance floored at 1e-10 · Var(x) scale, non-finite estimates keep the previous
+    value. Tuned parameters: ``{"step_size": (chain,), "inverse_mass_matrix": (chain, D)}``.
+    """
+    da_init, da_update, da_final = dual_averaging_adaptation(target_accept)
+    early_end, final_start = nutpie_schedule(num_warmup)
+
+    def init_one(x, g, imm):
+        m = _Moments.empty(x.shape[0], x.dtype).add(x, g)
+        step = jnp.asarray(initial_step_size, x.dtype)
+        return NutpieState(da_init(step), step, imm, m, m, jnp.zeros((), bool))
+
+    def as_tuned(a):
+        return {"step_size": a.step_size, "inverse_mass_matrix": a.imm}
+
+    def make_init(imm0):
+        def init(rng_key, positions, init_states):
+            n = jax.tree.leaves(positions)[0].shape[0]
+            x = jax.vmap(lambda p: ravel_pytree(p)[0])(positions)
+            states = init_states(positions, {"step_size": jnp.ones((n,), x.dtype), "inverse_mass_matrix": jnp.ones_like(x)})
+            x, g = _flat_grads(states, logdensity_fn)
+            imm = _grad_diag(g) if imm0 is None else imm0
+            return states, jax.vmap(init_one)(x, g, imm), jnp.zeros((n,), jnp.int32)
+
+        return init
+
+    def update_one(a, i, x, g, acc):
+        def metric_phase(a):
+            fg, bg = a.fg.add(x, g), a.bg.add(x, g)
+            sf = jnp.where(i < early_end, early_switch, switch)
+            swap = (bg.n >= sf) & (sf + i <= final_start)
+            fg = jax.tree.map(lambda b, f: jnp.where(swap, b, f), bg, fg)
+            bg = jax.tree.map(lambda e, b: jnp.where(swap, e, b), _Moments.empty(x.shape[0], x.dtype), bg)
+            ready = fg.n >= 3
+            ratio = fg.m2_x / jnp.maximum(fg.m2_g, 1e-10 * jnp.maximum(fg.m2_x, 1e-30))
+            est = jnp.clip(jnp.sqrt(ratio), _LO, _HI)
+            imm = jnp.where(ready & jnp.isfinite(est) & (est > 0), est, a.imm)
+            first = ready & ~a.changed
+            da = jax.tree.map(lambda r, u: jnp.where(first, r, u), da_init(a.step_size), da_update(a.da, acc))
+            return NutpieState(da, a.step_size, imm, fg, bg, a.changed | ready)
+
+        def step_phase(a):
+            return a._replace(da=da_update(a.da, acc))
+
+        a = jax.lax.cond(i < final_start, metric_phase, step_phase, a)
+        return a._replace(step_size=jnp.exp(a.da.log_step_size).astype(a.step_size.dtype))
+
+    def update(astate, i, states, stats):
+        x, g = _flat_grads(states, logdensity_fn)
+        acc = stats.get("acceptance_rate")
+        if acc is None:
+            acc = jnp.full(astate.step_size.shape, target_accept, astate.step_size.dtype)
+        return jax.vmap(update_one, in_axes=(0, None, 0, 0, 0))(astate, i, x, g, acc)
+
+    def final(astate):
+        return {"step_size": jax.vmap(da_final)(astate.da).astype(astate.step_size.dtype), "inverse_mass_matrix": astate.imm}
+
+    def with_metric(imm0):
+        return Adaptation(num_warmup, make_init(_diag_of(imm0)), update, as_tuned, final, with_metric)
+
+    return Adaptation(num_warmup, make_init(None), update, as_tuned, final, with_metric)
+
+
+def _diag_of(imm):
+    """(chain, D) diagonal of a batch of inverse mass matrices, diagonal or dense."""
+    return imm if imm.ndim == 2 else jnp.diagonal(imm, axis1=-2, axis2=-1)
+
+
+# -- low rank plus diagonal ---------------------------------------------------------
+class LowRankState(NamedTuple):
+    """Per-chain state of :func:`low_rank_adaptation`: dual averaging, step size, BlackJAX's core state."""
+
+    da: tuple
+    step_size: jax.Array
+    core: tuple
+
+
+def low_rank_adaptation(
+    num_warmup: int,
+    target_accept: float,
+    logdensity_fn,
+    max_rank: int = 10,
+    initial_step_size: float = 1.0,
+    schedule: str = "nutpie",
+) -> Adaptation:
+    """nutpie's low-rank plus diagonal inverse mass matrix, from BlackJAX's pieces.
+
+    M⁻¹ = diag(σ)(I + U(Λ - I)Uᵀ)diag(σ): σ from the draw and gradient variances as in
+    :func:`nutpie_adaptation`, then the eigenvectors U (D, k) and eigenvalues Λ of the
+    SPD geometric mean of the whitened draw covariance and inverse gradient covariance
+    (regularised by γ = 1e-5, eigenvalues within [1/2, 2] dropped), k ≤ ``max_rank``
+    (Seyboldt et al., Algorithm 1; BlackJAX's ``fisher_low_rank`` metric core). Window
+    schedule: BlackJAX's ``build_growing_window_schedule`` (nutpie's: windows of 10
+    draws over the first 30% of warmup, then 80 growing by 1.5x, step size only in
+    the last 15%); the metric is recomputed from each window's draws at its end and the
+    step size's dual averaging then restarts from its average (Stan's and BlackJAX's
+    staged host); ``schedule="stan"`` uses Stan's windows instead (fewer, longer: ~5
+    recomputations instead of ~33, each an eigendecomposition per chain). The start metric is σ² = 1/|∂ log p(x₀)| (``seed_low_rank_sigma_from_grad``).
+    BlackJAX warns that the estimator is fragile in float32; enable x64 for it.
+
+    BlackJAX's own ``window_adaptation_low_rank(...).run`` runs as one scan; driving its
+    metric core from the chain loop keeps the progress bar and one compiled transition.
+
+    Tuned parameters: ``{"step_size": (chain,), "imm_sigma": (chain, D), "imm_U":
+    (chain, D, k), "imm_lam": (chain, k)}``; :func:`kernel_metric` rebuilds the metric.
+    """
+    da_init, da_update, da_final = dual_averaging_adaptation(target_accept)
+    with jax.ensure_compile_time_eval():  # a constant, also when called inside a trace
+        windows = build_growing_window_schedule if schedule == "nutpie" else build_schedule
+        schedule_np = np.asarray(windows(num_warmup), dtype=np.int32).reshape(num_warmup, 2)
+    ends = np.flatnonzero(schedule_np[:, 1])
+    buffer_size = int(max(np.diff(np.concatenate([[-1], ends])).max(initial=1), 1))
+    schedule = jnp.asarray(schedule_np)
+
+    def core_for(d):
+        recipe = dataclasses.replace(REGISTRY["fisher_low_rank"], max_rank=min(max_rank, d))
+        return recipe.build_core(buffer_size=buffer_size)
+
+    def as_tuned(step_size, imm):
+        return {"step_size": step_size, "imm_sigma": imm.sigma, "imm_U": imm.U, "imm_lam": imm.lam}
+
+    def make_init(imm0):
+        def init(rng_key, positions, init_states):
+            n = jax.tree.leaves(positions)[0].shape[0]
+            x = jax.vmap(lambda p: ravel_pytree(p)[0])(positions)
+            d = x.shape[1]
+            core = core_for(d)
+            provisional = as_tuned(jnp.ones((n,), x.dtype), core.init(d).inverse_mass_matrix)
+            provisional = {k: (v if k == "step_size" else jnp.broadcast_to(v, (n,) + v.shape)) for k, v in provisional.items()}
+            states = init_states(positions, provisional)
+            _, g = _flat_grads(states, logdensity_fn)
+
+            def one(g, diag0):
+                c = seed_low_rank_sigma_from_grad(core.init(d), g)
+                if diag0 is not None:
+                    c = c._replace(inverse_mass_matrix=c.inverse_mass_matrix._replace(sigma=jnp.sqrt(diag0)))
+                step = jnp.asarray(initial_step_size, x.dtype)
+                return LowRankState(da_init(step), step, c)
+
+            diag0 = None if imm0 is None else _diag_of(imm0)
+            astate = jax.vmap(one)(g, diag0) if diag0 is not None else jax.vmap(lambda g: one(g, None))(g)
+            return states, astate, jnp.zeros((n,), jnp.int32)
+
+        return init
+
+    def update_one(a, stage, x, g, acc, core):
+        # core.update's write, done in place on every step (a row past buffer_idx is
+        # masked out by the estimator), and core.final's metric under a cond whose
+        # outputs are small: the (buffer, D) buffers never pass through a branch
+        slow, end = stage[0] == 1, stage[1] == 1
+        c = a.core
+        row = c.buffer_idx % c.draws_buffer.shape[0]
+        c = c._replace(
+            draws_buffer=jax.lax.dynamic_update_index_in_dim(c.draws_buffer, x.astype(c.draws_buffer.dtype), row, 0),
+            grads_buffer=jax.lax.dynamic_update_index_in_dim(c.grads_buffer, g.astype(c.grads_buffer.dtype), row, 0),
+            buffer_idx=c.buffer_idx + slow.astype(jnp.asarray(c.buffer_idx).dtype),
+        )
+        da = da_update(a.da, acc)
+        imm = jax.lax.cond(end, lambda c: core.final(c).inverse_mass_matrix, lambda c: c.inverse_mass_matrix, c)
+        da = jax.tree.map(lambda r, u: jnp.where(end, r, u), da_init(da_final(da)), da)
+        c = c._replace(inverse_mass_matrix=imm, buffer_idx=jnp.where(end, 0, c.buffer_idx))
+        return LowRankState(da, jnp.exp(da.log_step_size).astype(a.step_size.dtype), c)
+
+    def update(astate, i, states, stats):
+        x, g = _flat_grads(states, logdensity_fn)
+        core = core_for(x.shape[1])
+        stage = schedule[jnp.clip(i, 0, max(num_warmup - 1, 0))]
+        acc = stats.get("acceptance_rate")
+        if acc is None:
+            acc = jnp.full(astate.step_size.shape, target_accept, astate.step_size.dtype)
+        return jax.vmap(lambda a, x, g, acc: update_one(a, stage, x, g, acc, core))(astate, x, g, acc)
+
+    def tuned(astate):
+        return as_tuned(astate.step_size, astate.core.inverse_mass_matrix)
+
+    def final(astate):
+        step = jax.vmap(da_final)(astate.da).astype(astate.step_size.dtype)
+        return as_tuned(step, astate.core.inverse_mass_matrix)
+
+    def with_metric(imm0):
+        return Adaptation(num_warmup, make_init(imm0), update, tuned, final, with_metric)
+
+    return Adaptation(num_warmup, make_init(None), update, tuned, final, with_metric)

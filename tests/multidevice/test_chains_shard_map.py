@@ -1,0 +1,141 @@
+"""Chains on host devices: ``chain_layout="per_device"`` (``jax.shard_map``, each device its
+own loop) gives the draws of the unsharded run, compiles once, restarts stuck chains
+across devices, and leaves cross-chain tuning (ChEES) on the global view.
+
+Run with 4 devices (``nox -s multidevice`` sets
+``XLA_FLAGS=--xla_force_host_platform_device_count=4`` before JAX starts).
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import ppl_posteriors as pp
+
+pytestmark = [pytest.mark.multidevice, pytest.mark.filterwarnings("ignore::ppl_posteriors.NumericalWarning")]
+
+if jax.device_count() < 4:  # a collection error, not a skip: this module needs 4 devices
+    raise RuntimeError("tests/multidevice needs 4 devices: run `nox -s multidevice`")
+
+
+def logreg(X, y=None):
+    b0 = numpyro.sample("b0", dist.Normal(0.0, 2.0))
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
+    with numpyro.plate("data", X.shape[0]):
+        numpyro.sample("y", dist.Bernoulli(logits=b0 + X @ w), obs=y)
+
+
+def _data(n=64, k=3):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, k))
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(X @ np.array([1.0, -1.0, 0.5]))))).astype(np.int32)
+    return X, y
+
+
+def _close(a, b):
+    # sharding changes XLA's fusion, so draws agree to round-off carried through the chains
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_per_device_equals_unsharded_and_compiles_once(monkeypatch, capfd):
+    X, y = _data()
+    mesh = pp.make_mesh(chain=4)
+    kw = dict(num_chains=8, num_warmup=100, num_samples=50)  # 2 chains per device, vmapped there
+    ref = pp.infer(logreg, X, y=y, method=pp.NUTS(**kw), rng_key=3, progress=False)
+    lock = pp.infer(logreg, X, y=y, method=pp.NUTS(**kw, chain_layout="lockstep"), rng_key=3, progress=False,
+                    mesh=mesh)
+    monkeypatch.setenv("PPL_POSTERIORS_PROGRESS", "plain")  # a progress bar from inside shard_map
+    cfg = pp.NUTS(**kw)  # chain_layout="auto": per device on a chain-only mesh
+    out = pp.infer(logreg, X, y=y, method=cfg, rng_key=3, mesh=mesh)
+    assert "NUTS: 150/150 (100%" in capfd.readouterr().err
+    _close(out.posterior["w"].values, ref.posterior["w"].values)
+    _close(lock.posterior["w"].values, ref.posterior["w"].values)
+    _close(out.sample_stats["lp"].values, ref.sample_stats["lp"].values)
+    np.testing.assert_array_equal(out.sample_stats["tree_depth"].values, ref.sample_stats["tree_depth"].values)
+    assert out.attrs["programs_compiled"] >= 1
+    again = pp.infer(logreg, X, y=y, method=cfg, rng_key=4, mesh=mesh)  # new key: no tracing, no compiling
+    assert again.attrs["programs_compiled"] == 0 and again.attrs["cache_hit"] == 1
+    assert not np.allclose(again.posterior["w"].values, out.posterior["w"].values)
+
+
+def _collectives(cfg, mesh):
+    """op_names of the cross-device collectives in the compiled sampling program."""
+    from ppl_posteriors.runtime import cache
+
+    X, y = _data()
+    pp.infer(logreg, X, y=y, method=cfg, rng_key=0, progress=False, mesh=mesh)
+    text = [e for k, e in cache._PROGRAMS.items() if k[1] == cfg and k[2] == "sample"][-1].compiled.as_text()
+    found = []
+    for line in text.splitlines():
+        if re.search(r"= \S+ (all-reduce|all-gather|collective-permute|all-to-all)\(", line):
+            name = re.search(r'op_name="([^"]+)"', line)
+            found.append(name.group(1) if name else "")
+    return found
+
+
+def test_per_device_loops_do_not_synchronise():
+    mesh = pp.make_mesh(chain=4)
+    kw = dict(num_chains=4, num_warmup=0, num_samples=20, restart_stuck=False)
+    per_device = _collectives(pp.NUTS(**kw), mesh)
+    lockstep = _collectives(pp.NUTS(**kw, chain_layout="lockstep"), mesh)
+    # lockstep: the predicate of every vmapped NUTS while-loop (the trajectory doublings and
+    # their inner loops) is reduced across devices at every step
+    assert sum("vmap()/while" in n for n in lockstep) >= 2
+    # per device: none inside the chain loop (the one left is the start-point redraw loop,
+    # run once before sampling)
+    assert not any("vmap()/while" in n for n in per_device), per_device
+
+
+def minor_mode(b):
+    """z ~ N(b, 1), and a minor mode N(-3.5, 0.5^2) of weight e^-20 whose basin holds z < 0."""
+    z = numpyro.sample("z", dist.ImproperUniform(dist.constraints.real, (), ()))
+    trap = -20.0 + np.log(2.0) - 2.0 * (z + 3.5) ** 2
+    numpyro.factor("lp", jax.numpy.logaddexp(-0.5 * (z - b) ** 2, trap))
+
+
+def test_restart_across_devices():
+    cfg = pp.NUTS(num_chains=8, num_warmup=200, num_samples=100)
+    ref = pp.infer(minor_mode, 9.36, method=cfg, rng_key=0, progress=False)
+    out = pp.infer(minor_mode, 9.36, method=cfg, rng_key=0, progress=False, mesh=pp.make_mesh(chain=4))
+    assert ref.attrs["num_restarted_chains"] >= 1
+    assert out.attrs["restarted_chains"] == ref.attrs["restarted_chains"]
+    assert out.attrs["status_messages"] == ref.attrs["status_messages"]  # same donors, same iterations
+    _close(out.posterior["z"].values, ref.posterior["z"].values)
+    assert abs(out.posterior["z"].values.mean() - 9.36) < 0.3
+
+
+def test_chees_tunes_on_the_global_view():
+    X, y = _data()
+    cfg = pp.ChEESHMC(num_chains=8, num_warmup=50, num_samples=30)
+    ref = pp.infer(logreg, X, y=y, method=cfg, rng_key=1, progress=False)
+    out = pp.infer(logreg, X, y=y, method=cfg, rng_key=1, progress=False, mesh=pp.make_mesh(chain=4))
+    assert out.attrs["trajectory_length"] == pytest.approx(ref.attrs["trajectory_length"], rel=1e-6)
+    _close(out.posterior["w"].values, ref.posterior["w"].values)
+
+
+def test_per_device_needs_a_chain_only_mesh():
+    X, y = _data()
+    with pytest.raises(pp.ConfigError, match="chain_layout='per_device' needs a mesh"):
+        pp.infer(logreg, X, y=y, method=pp.NUTS(num_chains=4, num_warmup=10, num_samples=10,
+                                                chain_layout="per_device"),
+                 progress=False, mesh=pp.make_mesh(chain=2, data=2))
+
+
+def test_host_device_count_helper_and_cli():
+    pp.set_host_device_count(4)  # what JAX runs with: nothing to do
+    with pytest.raises(pp.ConfigError, match="already runs with 4 device"):
+        pp.set_host_device_count(2)
+    with pytest.raises(pp.ConfigError, match="integer >= 1"):
+        pp.set_host_device_count(0)
+    out = subprocess.run([sys.executable, "-m", "ppl_posteriors.cli", "--host-devices", "3", "devices"],
+                         capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "3 cpu device(s)" in out.stdout
