@@ -285,3 +285,23 @@ def test_khat_small_on_gaussian_target_every_structure():
         idata = pp.infer(m, method=pp.Laplace(structure=struct, rank=3), rng_key=0, progress=False)
         assert idata.attrs["psis_khat"] < 0.3
         assert abs(idata.attrs["log_evidence"]) < 1e-8
+
+
+def test_optimize_prior_reports_a_saddle_and_takes_init_position():
+    """y ~ N(a b, 0.1): the prior centre a = b = 0 is a saddle (zero gradient, indefinite
+    precision), as all-zero weights of a neural network are; the evidence there is not
+    finite, which must raise, and a start off the saddle must give a finite evidence."""
+
+    def product(y=None):
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+        b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(a * b, 0.1), obs=y)
+
+    y = jnp.full(5, 2.0)
+    with pytest.raises(pp.NumericalError, match="not positive definite.*init_position"):
+        pp.optimize_prior(product, y=y, sites=["a", "b"], tie=True)
+    with pytest.raises(pp.ConfigError, match="init_position has shape"):
+        pp.optimize_prior(product, y=y, sites=["a"], init_position=jnp.ones(3))
+    fit = pp.optimize_prior(product, y=y, sites=["a", "b"], tie=True, init_position=jnp.array([1.0, 1.0]))
+    assert np.isfinite(fit.log_evidence) and fit.converged
+    np.testing.assert_allclose(abs(fit.mode[0] * fit.mode[1]), 2.0, rtol=0.05)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from .._errors import ConfigError
+from .._errors import ConfigError, NumericalError, Status
 from ..density.log_density import LogDensity
 from .curvature import dense_hessian
 from .fit import site_offsets
@@ -50,7 +50,7 @@ class PriorFit(NamedTuple):
 
 
 def optimize_prior(model, *args, sites, tie: bool = False, init_scale=None, max_iter: int = 100,
-                   tol: float = 1e-8, jacobian: bool = True, **kwargs) -> PriorFit:
+                   tol: float = 1e-8, jacobian: bool = True, init_position=None, **kwargs) -> PriorFit:
     """Type-II ML of the Normal prior scales of ``sites`` by the Laplace evidence (dense Hessian).
 
     Parameters
@@ -65,6 +65,9 @@ def optimize_prior(model, *args, sites, tie: bool = False, init_scale=None, max_
         Starting σ (default: each site's own σ₀, their geometric mean when tied).
     max_iter, tol : int, float
         Outer iterations; stop when max |Δ log σ| < tol.
+    init_position : array (D,), optional
+        Start of the first MAP search on the unconstrained space (default 0, the prior
+        centre). A neural network needs a random start: all-zero weights are a saddle.
 
     Returns
     -------
@@ -73,7 +76,11 @@ def optimize_prior(model, *args, sites, tie: bool = False, init_scale=None, max_
     Raises
     ------
     ConfigError
-        An unknown site, or one whose prior is not an elementwise Normal.
+        An unknown site, or one whose prior is not an elementwise Normal, or an
+        ``init_position`` of the wrong shape.
+    NumericalError
+        The evidence is not finite: the mode search ended where the precision is not
+        positive definite (a saddle, e.g. all-zero network weights; pass ``init_position``).
     """
     from ..api import log_density
 
@@ -136,11 +143,23 @@ def optimize_prior(model, *args, sites, tie: bool = False, init_scale=None, max_
         sol = optx.minimise(neg_evidence, optx.BFGS(rtol=1e-12, atol=1e-12), log_sigma, max_steps=500, throw=False)
         return xs, sol.value, -neg_evidence(sol.value, None)
 
-    x, ls = x0, jnp.log(jnp.asarray(init))
+    x = x0
+    if init_position is not None:
+        x = jnp.asarray(init_position, dtype=x0.dtype)
+        if x.shape != x0.shape:
+            raise ConfigError(f"optimize_prior: init_position has shape {x.shape}; the model has {ld.dim} "
+                              "unconstrained parameters, so pass a ({ld.dim},) array")
+    ls = jnp.log(jnp.asarray(init))
     converged, it, log_z = False, 0, float("nan")
     for it in range(1, max_iter + 1):  # noqa: B007 (it is read after the loop)
         x, ls_new, log_z = outer(x, ls)
         step = float(jnp.max(jnp.abs(ls_new - ls)))
+        if not (np.isfinite(float(log_z)) and np.all(np.isfinite(np.asarray(ls_new)))):
+            raise NumericalError(
+                f"optimize_prior: the Laplace evidence is not finite at outer iteration {it}: the precision at "
+                "the mode found is not positive definite (a saddle point or a non-converged mode search; "
+                "all-zero weights of a neural network are a saddle). Pass init_position= (e.g. small random "
+                "weights) or check the model", Status.INDEFINITE_CURVATURE)
         ls = ls_new
         if step < tol:
             converged = True
