@@ -114,15 +114,19 @@ def test_fit_continues_from_a_saved_state():
 
 
 def test_cosine_annealing_scales_the_steps():
-    """With sgd(1) on a loss of gradient 1 the parameter moves by -Σ_i ½(1 + cos(π i / n))."""
+    """With sgd(1) on a loss of gradient 1 the parameter moves by -Σ_i f_i, with
+    f_i = a + (1 - a) ½(1 + cos(π i / m)) over the m = n - num_average annealed steps and
+    the floor a after them (the averaging window)."""
+    from ppl_posteriors.vi.fit import ANNEAL_FLOOR as a
 
     def loss(p, key):
         return p, p
 
-    n = 10
-    res = vi_fit(loss, jnp.zeros(()), optax.sgd(1.0), n, jax.random.key(0), anneal=True)
-    expected = -sum(0.5 * (1 + np.cos(np.pi * i / n)) for i in range(n))
-    assert float(res.last_params) == pytest.approx(expected, rel=1e-12)
+    n, num_average = 10, 3
+    m = n - num_average
+    res = vi_fit(loss, jnp.zeros(()), optax.sgd(1.0), n, jax.random.key(0), None, num_average, anneal=True)
+    f = [a + (1 - a) * 0.5 * (1 + np.cos(np.pi * min(i, m) / m)) for i in range(n)]
+    assert float(res.last_params) == pytest.approx(-sum(f), rel=1e-12)
 
 
 @pytest.mark.parametrize("cls", [pp.FullRankVI, pp.MeanFieldVI, pp.LowRankVI])

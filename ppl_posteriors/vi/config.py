@@ -53,9 +53,10 @@ _COMMON_DOC = """
     learning_rate : float or None
         Learning rate of the default optimiser (``optimizer=None``); None: 1e-2 (1e-3 for flows).
     lr_schedule : str, default "cosine"
-        Schedule of the default optimiser: "cosine" anneals Adam's steps to zero over
-        ``num_steps`` (½(1 + cos(π t / num_steps)); Loshchilov & Hutter 2017), which
-        removes the final iterates' noise (on B3's logistic regression, full-rank, 5000
+        Schedule of the default optimiser: "cosine" anneals Adam's steps by a cosine
+        (Loshchilov & Hutter 2017) from ``learning_rate`` to 0.1 ``learning_rate`` at the
+        start of the averaging window (the last ``average_fraction`` of the steps), then
+        holds that floor while the iterates are averaged, which removes the final iterates' noise (on B3's logistic regression, full-rank, 5000
         steps: max mean error 0.33-0.37 posterior sd with a constant 1e-2, 0.08 annealed);
         "constant" keeps ``learning_rate``. A user ``optimizer`` carries its own schedule.
     objective : str, default "elbo"
