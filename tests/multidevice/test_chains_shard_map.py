@@ -16,6 +16,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from test_mesh import _data, logreg  # the same small logistic regression  # noqa: E402
 
 import ppl_posteriors as pp
 
@@ -23,20 +24,6 @@ pytestmark = [pytest.mark.multidevice, pytest.mark.filterwarnings("ignore::ppl_p
 
 if jax.device_count() < 4:  # a collection error, not a skip: this module needs 4 devices
     raise RuntimeError("tests/multidevice needs 4 devices: run `nox -s multidevice`")
-
-
-def logreg(X, y=None):
-    b0 = numpyro.sample("b0", dist.Normal(0.0, 2.0))
-    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
-    with numpyro.plate("data", X.shape[0]):
-        numpyro.sample("y", dist.Bernoulli(logits=b0 + X @ w), obs=y)
-
-
-def _data(n=64, k=3):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(n, k))
-    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(X @ np.array([1.0, -1.0, 0.5]))))).astype(np.int32)
-    return X, y
 
 
 def _close(a, b):
