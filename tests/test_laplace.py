@@ -314,3 +314,46 @@ def test_mode_at_the_edge_of_the_unconstrained_space_is_not_silent(eight_schools
     with pytest.raises(pp.NumericalError, match="no interior mode.*'tau' at z = -1.*tau → 0") as e:
         pp.infer(eight_schools_noncentered, d["sigma"], y=d["y"], method=pp.Laplace(jacobian=False))
     assert e.value.status is pp.Status.MAP_NOT_CONVERGED
+
+
+def test_stationarity_by_cholesky_equals_the_eigendecomposition():
+    """λ by one triangular solve (H positive definite) equals sqrt(gᵀ|H|⁻¹g) by eigh; an
+    indefinite H takes the saddle-free eigh branch."""
+    from ppl_posteriors.laplace.mode import stationarity
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    g = rng.normal(size=6)
+    for h in (a @ a.T + 0.1 * np.eye(6), a + a.T):  # positive definite, then indefinite
+        w, v = np.linalg.eigh(h)
+        exact = np.sqrt(np.sum((v.T @ g) ** 2 / np.abs(w)))
+        np.testing.assert_allclose(stationarity(jnp.asarray(g), jnp.asarray(h)), exact, rtol=1e-10)
+
+
+def test_multistart_runs_eigh_only_in_a_branch():
+    """No LAPACK eigh outside a cond branch in the multistart program: positive definite end
+    points never run it, and it is never batched over starts (batched eigh calls can
+    deadlock XLA:CPU's 2-thread pool)."""
+    from ppl_posteriors.laplace.mode import find_map_multistart
+
+    def f(x):
+        return -0.5 * jnp.sum(x**2 * jnp.arange(1.0, 4.0))
+
+    jaxpr = jax.make_jaxpr(lambda x0: find_map_multistart(f, x0, max_steps=5))(jnp.ones((3, 3)))
+
+    def eigh_outside_cond(jx):
+        n = 0
+        for eqn in jx.eqns:
+            if eqn.primitive.name == "cond":
+                continue
+            n += eqn.primitive.name == "eigh"
+            for p in eqn.params.values():
+                for cj in (p if isinstance(p, (list, tuple)) else [p]):
+                    inner = getattr(cj, "jaxpr", None)
+                    if inner is not None:
+                        n += eigh_outside_cond(getattr(inner, "jaxpr", inner))
+        return n
+
+    assert eigh_outside_cond(jaxpr.jaxpr) == 0
+    res = find_map_multistart(f, jnp.ones((3, 3)))
+    assert np.all(np.asarray(res.starts.decrement) < 1e-8) and np.all(np.asarray(res.at_mode))

@@ -148,7 +148,9 @@ class Laplace(MethodConfig):
 
     The Laplace log marginal likelihood log Z ≈ f(z*) + d/2 log 2π − ½ log det P is in
     ``attrs["log_evidence"]`` for every curvature and structure (with ``sites``, of the
-    chosen sites given the others at the MAP). In float32 a precision whose condition
+    chosen sites given the others at the MAP; with ``structure="lowrank"`` it leaves out the
+    curvature outside the top ``rank`` directions, so it overstates log Z: compare it only
+    between fits of the same structure). In float32 a precision whose condition
     number exceeds 1e4 gives a ``NumericalWarning`` with advice. A curvature other than
     the Hessian accepts a stationary point whose Hessian is indefinite (its own positive
     definiteness is checked instead, status 3 below).

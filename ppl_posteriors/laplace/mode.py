@@ -61,15 +61,34 @@ class MAPResult(NamedTuple):
     max_steps_reached: jax.Array
 
 
-def stationarity(grad: jax.Array, precision: jax.Array) -> jax.Array:
-    """Saddle-free Newton decrement sqrt(gᵀ |H|⁻¹ g) for g (D,), H (D, D); NaN if either is not finite."""
+def stationarity(grad: jax.Array, precision: jax.Array, cholesky: jax.Array | None = None) -> jax.Array:
+    """Saddle-free Newton decrement sqrt(gᵀ |H|⁻¹ g) for g (D,), H (D, D); NaN if either is not finite.
+
+    ``cholesky`` (D, D), the lower factor of H (NaN where H is not positive definite), is
+    computed when not given. Where it is finite, |H| = H and λ = ||L⁻¹ g|| by one triangular
+    solve; only an indefinite or singular H takes the eigendecomposition. Called unbatched
+    (e.g. under ``lax.map``) the choice is a real branch, so the common positive definite
+    case never runs LAPACK's ``eigh`` -- batched ``eigh`` calls can deadlock XLA:CPU's
+    intra-op thread pool on small machines.
+    """
     finite = jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(precision))
     h = jnp.where(finite, precision, jnp.eye(precision.shape[0], dtype=precision.dtype))
-    evals, evecs = jnp.linalg.eigh(h)
-    absval = jnp.abs(evals)
-    floor = precision.shape[0] * jnp.finfo(h.dtype).eps * jnp.maximum(jnp.max(absval), jnp.finfo(h.dtype).tiny)
-    proj = evecs.T @ jnp.where(finite, grad, 0.0)
-    dec = jnp.sqrt(jnp.sum(proj**2 / jnp.maximum(absval, floor)))
+    g = jnp.where(finite, grad, 0.0)
+    chol = jnp.linalg.cholesky(h) if cholesky is None else cholesky
+    pd = finite & jnp.all(jnp.isfinite(chol))
+
+    def by_cholesky(_):
+        safe = jnp.where(pd, chol, jnp.eye(h.shape[0], dtype=h.dtype))
+        return jnp.linalg.norm(jax.scipy.linalg.solve_triangular(safe, g, lower=True))
+
+    def by_eigh(_):
+        evals, evecs = jnp.linalg.eigh(h)
+        absval = jnp.abs(evals)
+        floor = h.shape[0] * jnp.finfo(h.dtype).eps * jnp.maximum(jnp.max(absval), jnp.finfo(h.dtype).tiny)
+        proj = evecs.T @ g
+        return jnp.sqrt(jnp.sum(proj**2 / jnp.maximum(absval, floor)))
+
+    dec = jax.lax.cond(pd, by_cholesky, by_eigh, None)
     return jnp.where(finite, dec, jnp.nan)
 
 
@@ -107,6 +126,12 @@ def find_map(
         if the Hessian is positive definite and the log density does not decrease).
     """
     f = flat_logdensity_fn
+    res = _search(f, x0, max_steps=max_steps, rtol=rtol, atol=atol, newton_steps=newton_steps)
+    return res._replace(decrement=stationarity(res.grad, res.precision, res.cholesky))
+
+
+def _search(f, x0, *, max_steps, rtol, atol, newton_steps) -> MAPResult:
+    """BFGS then Newton polishing (the body of :func:`find_map`); ``decrement`` is left NaN."""
     sol = optx.minimise(
         lambda x, _: -f(x), optx.BFGS(rtol=rtol, atol=atol), x0, max_steps=max_steps, throw=False
     )
@@ -140,7 +165,7 @@ def find_map(
         grad=g,
         precision=h,
         cholesky=chol,
-        decrement=stationarity(g, h),
+        decrement=jnp.full((), jnp.nan, x.dtype),
         num_steps=sol.stats["num_steps"],
         bfgs_ok=sol.result == optx.RESULTS.successful,
         max_steps_reached=sol.result == optx.RESULTS.nonlinear_max_steps_reached,
@@ -185,7 +210,11 @@ def find_map_multistart(
     :func:`ppl_posteriors.density.init.draw_initial_positions`); the others get tier 0.
     ``kwargs`` go to :func:`find_map`.
     """
-    res = jax.vmap(lambda x: find_map(flat_logdensity_fn, x, **kwargs))(x0)
+    opts = {**find_map.__kwdefaults__, **kwargs}
+    res = jax.vmap(lambda x: _search(flat_logdensity_fn, x, **opts))(x0)
+    # the decrement start by start (lax.map, not vmap): unbatched, stationarity's Cholesky/eigh
+    # choice stays a branch, so positive definite end points never run a (batched) eigh
+    res = res._replace(decrement=jax.lax.map(lambda a: stationarity(*a), (res.grad, res.precision, res.cholesky)))
     if start_ok is None:
         start_ok = jnp.ones(x0.shape[:1], bool)
     finite = (
@@ -205,8 +234,16 @@ def find_map_multistart(
 
     h = best.precision
     finite_h = jnp.all(jnp.isfinite(h))
-    evals, evecs = jnp.linalg.eigh(jnp.where(finite_h, h, jnp.eye(h.shape[0], dtype=h.dtype)))
-    proj = (res.position - best.position) @ evecs
-    dist = jnp.sqrt(jnp.sum(proj**2 * jnp.abs(evals), -1))
+    diff = res.position - best.position  # (S, D)
+
+    def by_cholesky(_):  # H = L Lᵀ: dᵀ H d = ||Lᵀ d||²
+        return jnp.linalg.norm(diff @ best.cholesky, axis=-1)
+
+    def by_eigh(_):
+        evals, evecs = jnp.linalg.eigh(jnp.where(finite_h, h, jnp.eye(h.shape[0], dtype=h.dtype)))
+        return jnp.sqrt(jnp.sum((diff @ evecs) ** 2 * jnp.abs(evals), -1))
+
+    pd_best = finite_h & jnp.all(jnp.isfinite(best.cholesky))
+    dist = jax.lax.cond(pd_best, by_cholesky, by_eigh, None)
     at_mode = (tier >= 2) & (tier == tier[index]) & finite_h & (dist <= same_mode_tol)
     return MultiStartResult(best=best, starts=res, index=index, tier=tier, at_mode=at_mode)

@@ -12,7 +12,10 @@ preconditioner, then L from the effective sample size.
 Adjusted MCLMC (Robnik, Cohn-Gordon & Seljak 2025, arXiv:2503.01707) adds a
 Metropolis-Hastings correction after a trajectory of random length (mean L / ε
 steps); tuned by ``adjusted_mclmc_find_L_and_step_size`` to ``target_accept``
-(default 0.9). ``blackjax.adjusted_mclmc_dynamic``.
+(default 0.9). ``blackjax.adjusted_mclmc_dynamic``. In BlackJAX 1.7.1 that tuner does
+not tune L separately: it pins L = ``target_num_integration_steps`` x ε at entry and
+again at its end, and tunes the step size ε (and the diagonal preconditioner) at that
+mean trajectory length, so ``target_num_integration_steps`` sets L/ε.
 
 Both tuners run before the chain loop, per chain (vmapped), on
 ``num_warmup`` iterations: BlackJAX splits them in three phases whose fractions
@@ -160,6 +163,10 @@ def _per_chain(tune_one):
 class AdjustedMCLMC(_MCLMCBase):
     """Metropolis-adjusted microcanonical HMC with random trajectory lengths, tuned by BlackJAX.
 
+    The tuner sets the step size ε by dual averaging to ``target_accept`` with the
+    trajectory length fixed at L = ``target_num_integration_steps`` x ε (BlackJAX 1.7.1;
+    see the module docstring): L is not tuned on its own.
+
     Parameters
     ----------
     num_chains, num_warmup, num_samples, init_radius
@@ -172,7 +179,8 @@ class AdjustedMCLMC(_MCLMCBase):
     diagonal_preconditioning : bool, default True
         Tune a diagonal preconditioner.
     target_num_integration_steps : float, default 2.0
-        Mean integration steps per trajectory during tuning (BlackJAX's default).
+        Mean integration steps per trajectory, L/ε, during tuning and sampling (BlackJAX's
+        default).
 
     Raises
     ------
@@ -246,5 +254,5 @@ class AdjustedMCLMC(_MCLMCBase):
 
 register_method("mclmc", MCLMC, "Microcanonical Langevin Monte Carlo (BlackJAX), unadjusted, L and step-size tuning")
 register_method(
-    "adjusted_mclmc", AdjustedMCLMC, "Metropolis-adjusted microcanonical HMC (BlackJAX) with L and step-size tuning"
+    "adjusted_mclmc", AdjustedMCLMC, "Metropolis-adjusted microcanonical HMC (BlackJAX), step size tuned at fixed L/step"
 )
