@@ -98,7 +98,7 @@ def fit_approximation(cfg, ld, mean, rng_key, curvature: str, structure: str, ji
     index = jnp.asarray(index_np)
     d = index_np.shape[0]
     k_curv, k_lz = jax.random.split(rng_key)
-    ops = curvature_ops(ld, mean, index, curvature, k_curv, num_fisher_samples=cfg.num_fisher_samples,
+    ops = curvature_ops(ld, mean, index_np, curvature, k_curv, num_fisher_samples=cfg.num_fisher_samples,
                         batch_size=cfg.batch_size)
     # arrays only (a program's output): flags over sorted observed sites / over ld.layout
     extra = {"mc": jnp.asarray([n in ops.mc_sites for n in sorted(ld.split.observed)], bool)}

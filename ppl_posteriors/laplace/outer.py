@@ -239,6 +239,36 @@ def fisher_information(c: Canonical, rng_key, num_samples: int):
     return jnp.einsum("smc,smd->mcd", s, s) / num_samples, True
 
 
+def _eigh_factor(f):
+    lam, q = jnp.linalg.eigh(0.5 * (f + jnp.swapaxes(f, -1, -2)))
+    return q * jnp.sqrt(jnp.clip(lam, 0.0))[:, None, :]
+
+
+def _fisher_factor(c: Canonical, f: jax.Array, is_mc: bool) -> jax.Array:
+    """L (M, C, C) with L Lᵀ = f (M, C, C), without LAPACK where a closed form exists.
+
+    * one parameter per datum (C = 1): L = sqrt(f);
+    * ``CategoricalLogits``: f = diag(p) - ppᵀ = L Lᵀ with L = diag(√p) - p √pᵀ (the
+      factor BackPACK uses; Dangel, Kunstner & Hennig 2020), since √pᵀ√p = 1;
+    * f diagonal (checked at run time, an unbatched branch): L = diag(√f_cc);
+    * otherwise (cross terms: StudentT's df-scale, Gamma, Beta, Monte-Carlo Fisher) the
+      eigendecomposition f = Q Λ Qᵀ, L = Q Λ^½.
+
+    Batched LAPACK ``eigh`` calls can deadlock XLA:CPU's intra-op pool on small machines,
+    so the common likelihoods avoid them."""
+    m, k = f.shape[0], f.shape[-1]
+    if k == 1:
+        return jnp.sqrt(jnp.clip(f, 0.0))
+    if c.cls is dist.CategoricalLogits and not is_mc:
+        p = jax.nn.softmax(c.params["logits"].reshape(m, k), -1)
+        sp = jnp.sqrt(p)
+        return jax.vmap(jnp.diag)(sp) - p[:, :, None] * sp[:, None, :]
+    eye = jnp.eye(k, dtype=f.dtype)
+    diagonal = jnp.all(f * (1 - eye) == 0)
+    return jax.lax.cond(diagonal, lambda f: eye * jnp.sqrt(jnp.clip(jnp.diagonal(f, 0, -2, -1), 0.0))[:, None, :],
+                        _eigh_factor, f)
+
+
 def outer_factors(split, position, curvature: str, rng_key, num_samples: int):
     """{observed site: L (M, C, R)} at ``position`` (held fixed: no gradient flows), and the
     sites whose GGN outer matrix is a Monte-Carlo Fisher estimate."""
@@ -253,13 +283,7 @@ def outer_factors(split, position, curvature: str, rng_key, num_samples: int):
             f, is_mc = fisher_information(c, key, num_samples)
             if is_mc:
                 mc.append(name)
-            lam, q = jnp.linalg.eigh(0.5 * (f + jnp.swapaxes(f, -1, -2)))
-            L = q * jnp.sqrt(jnp.clip(lam, 0.0))[:, None, :]
-            if c.cls is dist.CategoricalLogits and L.shape[-1] > 1:
-                # diag(p) - ppᵀ annihilates the ones vector: its smallest eigenvalue is 0, so
-                # the first column (eigh sorts ascending) is zero; dropping it (R = C - 1)
-                # saves a tenth of every product with L for 10 classes
-                L = L[..., 1:]
+            L = _fisher_factor(c, f, is_mc)
         elif curvature == "fisher":
             L = _scores(c, c.y)[:, :, None]
         elif curvature == "mc_fisher":
