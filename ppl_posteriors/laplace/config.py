@@ -99,7 +99,7 @@ class Laplace(MethodConfig):
         Stan's ``init_r``; a draw whose log density or gradient is not finite is
         redrawn, up to 100 rounds, as for NUTS). The searches run vmapped in one
         compiled program. The best end point is kept: first the starts that reached
-        a stationary point (finite density and gradient, BFGS within ``max_steps``,
+        a stationary point (finite density and gradient, (L-)BFGS within ``max_steps``,
         Newton decrement <= ``mode_tol``) with a positive definite -∇²f, then the
         stationary ones, then the finite ones; within that group the highest log
         density wins (ties: the lowest start index).
@@ -110,13 +110,23 @@ class Laplace(MethodConfig):
         the density (the mode is then the mode of the unconstrained density);
         ``False`` finds the mode in the constrained space.
     max_steps : int, default 1000
-        BFGS iteration limit per start; a search that reaches it is not converged.
+        (L-)BFGS iteration limit per start; a search that reaches it is not converged.
     rtol, atol : float or None
-        BFGS termination tolerances; None means 1e-8 in float64 and 1e-5 in float32.
+        (L-)BFGS termination tolerances; None means 1e-8 in float64 and 1e-5 in float32.
     mode_tol : float, default 0.01
         A start reached a stationary point when its (saddle-free) Newton decrement
         sqrt(gᵀ|H|⁻¹g), the distance to the stationary point in posterior sd, is
         below this (see ``laplace.mode``).
+    map_solver : {"auto", "dense", "matrix_free"}, default "auto"
+        The MAP search (``laplace.mode``). "dense": BFGS (a D x D inverse-Hessian estimate), then
+        Newton steps with the dense Hessian and its Cholesky factor (:func:`~ppl_posteriors.laplace.mode.find_map`).
+        "matrix_free": L-BFGS, then Newton-CG steps on Hessian-vector products and Lanczos checks of
+        the end point, memory O(D) (:func:`~ppl_posteriors.laplace.mode.find_map_matrix_free`;
+        Nocedal & Wright 2006, ch. 7); there "positive definite" means that CG met no direction of
+        non-positive curvature and converged, and that a Lanczos probe of min(D, 32) steps found no
+        Ritz value <= 0 (exact for D <= 32, a Krylov-space test above). "auto": "dense" for
+        ``structure="full"`` (which forms the D x D precision anyway) or D <= 4096, else
+        "matrix_free". Recorded in ``attrs["map_solver"]``.
     throw : bool, default True
         Raise ``NumericalError`` on a failure (see Status below); with False the
         status is only recorded in ``idata.attrs``.
@@ -174,7 +184,9 @@ class Laplace(MethodConfig):
        positive definite: a saddle (negative eigenvalue) or a flat direction (zero
        eigenvalue: a parameter that neither prior nor likelihood informs, or a
        non-identified combination); the message names the parameters along the
-       offending eigenvector (``LogDensity.param_names`` labels).
+       offending eigenvector (``LogDensity.param_names`` labels; with the matrix-free
+       search, of the smallest-curvature Ritz vector found by CG/Lanczos: no eigenvalues
+       are listed, as none are computed).
     4. ``NON_FINITE``: draws of the Gaussian whose posterior density is not finite.
 
     ``idata.attrs`` gets ``num_starts``, ``map_starts_finite`` (starts with a finite
@@ -182,7 +194,11 @@ class Laplace(MethodConfig):
     stationary point), ``map_starts_at_mode`` (starts within max(0.1, 2·mode_tol)
     posterior sd of the chosen point, itself included), ``map_start_index``,
     ``map_logdensity`` (f at the chosen point), ``map_max_abs_grad`` (max |∇f| there),
-    ``newton_decrement``, ``map_steps`` (its BFGS iterations) and ``log_evidence``.
+    ``newton_decrement``, ``map_steps`` (its (L-)BFGS iterations), ``map_solver`` and
+    ``log_evidence``; with the matrix-free search also ``map_hessian_pd``, ``map_cg_converged``,
+    ``map_negative_curvature`` (of the last Newton-CG solve at the chosen point) and
+    ``map_min_curvature`` (smallest Ritz value of -∇²f found there by Lanczos: an upper
+    bound on its smallest eigenvalue, see ``laplace.mode``).
 
     Raises
     ------
@@ -213,6 +229,7 @@ class Laplace(MethodConfig):
     average_fraction: float = 0.5
     temperature: float = 1.0
     importance_resampling: bool = False
+    map_solver: str = "auto"
     _jitter_on: bool = dataclasses.field(default=False, repr=False)
 
     def __post_init__(self):
@@ -225,6 +242,7 @@ class Laplace(MethodConfig):
         self._positive_int("num_samples", "num_starts", "max_steps", "rank", "num_fisher_samples")
         self._choice("curvature", _CURVATURES)
         self._choice("structure", _STRUCTURES)
+        self._choice("map_solver", _MAP_SOLVERS)
         self._require(not (self.curvature == "hessian" and self.structure == "kron"), "structure",
                       "'kron' (K-FAC) needs per-datum outer factors: use curvature='ggn', 'fisher' or 'mc_fisher'")
         self._require(self.jitter >= 0, "jitter", "must be >= 0")
@@ -251,24 +269,36 @@ class Laplace(MethodConfig):
     def num_parallel(self) -> int:
         return self.num_starts
 
+    def _map_solver(self, dim: int) -> str:
+        """The MAP search used for a model of ``dim`` unconstrained coordinates ("dense" or
+        "matrix_free"; see ``map_solver``)."""
+        if self.map_solver != "auto":
+            return self.map_solver
+        return "dense" if (self.structure == "full" or dim <= _DENSE_MAP_MAX_DIM) else "matrix_free"
+
     def _program(self, ld, ctx, key):
         """The whole numerical work, pure in (LogDensity, key): starts, searches, choice, draws.
-        (No progress bar: the searches end at different steps.)"""
+        (No progress bar: the searches end at different steps.) Dense MAP search only."""
+        k_init, k_draw = jax.random.split(key)
+        ms, x0, ok = self._search(ld, ctx, k_init)
+        res = ms.best
+        approx = DenseGaussian(res.position, res.precision, res.cholesky)
+        return ms, x0, ok, approx, approx.sample_flat(k_draw, pool_size(self.num_samples, self.importance_resampling))
+
+    def _search(self, ld, ctx, k_init):
+        """Starts and the multi-start MAP search (``map_solver``): ``(ms, x0, ok)``."""
         x64 = jnp.result_type(float) == jnp.float64
         rtol = self.rtol if self.rtol is not None else (1e-8 if x64 else 1e-5)
         atol = self.atol if self.atol is not None else (1e-8 if x64 else 1e-5)
-        k_init, k_draw = jax.random.split(key)
         x0, ok = draw_initial_positions(
             ld.flat_logdensity_fn, k_init, self.num_starts, ld.dim, self.init_radius, _MAX_TRIES
         )
         x0 = ctx.shard_chains(x0)  # restarts over the mesh's chain axis
         ms = find_map_multistart(
             ld.flat_logdensity_fn, x0, ok, mode_tol=self.mode_tol, same_mode_tol=max(0.1, 2 * self.mode_tol),
-            max_steps=self.max_steps, rtol=rtol, atol=atol,
+            max_steps=self.max_steps, rtol=rtol, atol=atol, solver=self._map_solver(ld.dim),
         )
-        res = ms.best
-        approx = DenseGaussian(res.position, res.precision, res.cholesky)
-        return ms, x0, ok, approx, approx.sample_flat(k_draw, pool_size(self.num_samples, self.importance_resampling))
+        return ms, x0, ok
 
     @property
     def _is_default(self) -> bool:
@@ -276,7 +306,7 @@ class Laplace(MethodConfig):
 
     def _general_program(self, ld, ctx, key):
         """MAP search as in ``_program``, then the chosen curvature x structure and draws."""
-        ms, x0, ok, _, _ = self._program(ld, ctx, key)
+        ms, x0, ok = self._search(ld, ctx, jax.random.split(key)[0])  # the starts of _program
         approx, checks, extra, draws = self._fit_program(ld, ctx, ms.best.position, jax.random.fold_in(key, 1))
         return ms, x0, ok, approx, checks, extra, draws
 
@@ -305,7 +335,8 @@ class Laplace(MethodConfig):
         # the search, the curvature and the draws in one program; the draws' log densities in
         # the program shared with VI (compiled once per model); small programs compile faster
         checks = extra = None
-        if self._is_default:
+        solver = self._map_solver(ld.dim)
+        if self._is_default and solver == "dense":
             ms, x0, ok, approx, draws = rt.call("laplace", self._program, rng_key)
         else:
             ms, x0, ok, approx, checks, extra, draws = rt.call("laplace", self._general_program, rng_key)
@@ -374,6 +405,7 @@ class Laplace(MethodConfig):
             "map_logdensity": float(res.logdensity),
             "map_max_abs_grad": float(np.max(np.abs(grad))) if grad.size else 0.0,
             "newton_decrement": float(res.decrement),
+            "map_solver": solver,
             "log_evidence": log_z,
             "khat_log_weights": khat_log_weights,
             "importance_resampling": int(bool(resampled.get("importance_resampling", 0))),
@@ -383,6 +415,11 @@ class Laplace(MethodConfig):
             "map_start_logdensities": np.asarray(ms.starts.logdensity),
             "map_start_tiers": np.asarray(ms.tier),
         }
+        if solver == "matrix_free":  # the end-point checks of the chosen start (laplace.mode)
+            info["map_hessian_pd"] = int(bool(res.pd))
+            info["map_cg_converged"] = int(bool(res.cg_converged))
+            info["map_negative_curvature"] = int(bool(res.negative_curvature))
+            info["map_min_curvature"] = float(res.min_curvature)
         if extra is not None:
             obs = sorted(ld.split.observed)
             info["ggn_mc_sites"] = ",".join(n for n, f in zip(obs, np.asarray(extra["mc"]), strict=True) if f)
@@ -408,6 +445,11 @@ class Laplace(MethodConfig):
 
 _CURVATURES = ("hessian", "ggn", "fisher", "mc_fisher")
 _STRUCTURES = ("full", "diag", "lowrank", "kron")
+_MAP_SOLVERS = ("auto", "dense", "matrix_free")
+# map_solver="auto": up to this dimension the dense search (D x D BFGS estimate, Hessian,
+# Cholesky: 4096² float64 = 128 MiB each) is used for every structure; it is the more robust
+# search in float32 (B1's D = 2410 and notebook 02 stay on it)
+_DENSE_MAP_MAX_DIM = 4096
 
 
 def _parse_fallback(cfg: Laplace, entry: str) -> Laplace:

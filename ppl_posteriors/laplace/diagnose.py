@@ -82,6 +82,40 @@ def _along(names, v, k: int = 3) -> str:
     return _quote(names[j] for j in order)
 
 
+def _matrix_free_indefinite(res, names, lp_best: float, dec: float, nstarts: int) -> str:
+    """The message of a stationary point that the matrix-free checks did not find positive definite."""
+    tmin, tmax = float(res.min_curvature), float(res.max_curvature)
+    dtype = np.asarray(res.position).dtype
+    scale = max(abs(tmin), abs(tmax), float(np.finfo(dtype).tiny))
+    zero = float(np.sqrt(np.finfo(dtype).eps)) * scale
+    where = _along(names, np.asarray(res.direction))
+    point = (
+        f"the negative Hessian at the stationary point found (log density {lp_best:.6g}, gradient ~0: "
+        f"saddle-free Newton decrement {dec:.2g}, a Lanczos estimate)"
+    )
+    head = (f"{point} is not positive definite along a direction found by CG/Lanczos (matrix-free MAP "
+            "search: no eigenvalues are computed)")
+    if tmin < -zero:
+        return (
+            f"{head}: it is a saddle (or a minimum), the curvature is {tmin:.3g} along {where}, so the "
+            f"density rises away from it. None of the {nstarts} starts reached a mode; try more starts "
+            "(num_starts), check the model for multimodality, or use NUTS or VI"
+        )
+    if tmin <= zero or bool(res.negative_curvature):
+        return (
+            f"{head}: the density is flat along {where} (curvature {tmin:.3g}, {abs(tmin) / scale:.2g} of "
+            "the largest found): neither the prior nor the likelihood informs it or the model is not "
+            "identified in that direction. Give it a proper prior, or remove the redundant parameter"
+        )
+    return (
+        f"{point} could not be shown positive definite: conjugate gradients did not reach their tolerance "
+        f"in {int(res.cg_steps)} steps "
+        f"(curvatures found from {tmin:.3g} to {tmax:.3g}), so positive definiteness is not established. "
+        "The precision may be very ill-conditioned: use map_solver='dense' if D x D fits in memory, "
+        "standardise the parameters, or use a stronger prior"
+    )
+
+
 def _diagnose(cfg, ms, ok, at_point, ld, lp, checks=None, what="") -> tuple[Status, list[str]]:
     """Status and messages at the chosen point; the order is documented in :class:`Laplace`.
 
@@ -126,7 +160,11 @@ def _diagnose(cfg, ms, ok, at_point, ld, lp, checks=None, what="") -> tuple[Stat
 
     edges = _edge(ld, x)
     lp_ok = bool(np.all(np.isfinite(np.asarray(lp))))
-    if tier == 2:
+    # the matrix-free search (laplace.mode.find_map_matrix_free) has no dense precision: its
+    # end-point checks give the extreme Ritz values of -∇²f and the smallest one's vector
+    matrix_free = hasattr(res, "min_curvature")
+    search = "L-BFGS" if matrix_free else "BFGS"
+    if tier == 2 and not matrix_free:
         evals, evecs = np.linalg.eigh(np.asarray(res.precision))
         scale = max(float(np.max(np.abs(evals))), np.finfo(evals.dtype).tiny)
         zero = np.sqrt(np.finfo(evals.dtype).eps) * scale
@@ -142,7 +180,7 @@ def _diagnose(cfg, ms, ok, at_point, ld, lp, checks=None, what="") -> tuple[Stat
                 f"{cfg.mode_tol:g}) from one, largest |gradient| {abs(g[j]):.3g} on {names[j]!r}"
             )
             if bool(res.max_steps_reached):
-                msg += f", when BFGS reached max_steps = {cfg.max_steps}"
+                msg += f", when {search} reached max_steps = {cfg.max_steps}"
         else:
             why = "not positive definite" if tier == 2 else "too weak to hold a Gaussian (its draws overflow)"
             msg = (
@@ -161,6 +199,8 @@ def _diagnose(cfg, ms, ok, at_point, ld, lp, checks=None, what="") -> tuple[Stat
         return Status.MAP_NOT_CONVERGED, [msg]
 
     # 3. a stationary point whose curvature is not positive definite
+    if tier == 2 and matrix_free:
+        return Status.INDEFINITE_CURVATURE, [_matrix_free_indefinite(res, names, lp_best, dec, nstarts)]
     if tier == 2:
         head = (
             f"the negative Hessian at the stationary point found (log density {lp_best:.6g}, "

@@ -16,8 +16,14 @@ import numpy as np
 __all__ = ["approximation_weights", "constrained_draws"]
 
 
+# draws per vmapped block of the log densities: bounds the memory of a big model's forward pass
+# over thousands of draws (S x data x hidden units) at ~no cost for small ones
+_WEIGHT_BLOCK = 256
+
+
 def _weights(ld, bar, approx, draws):
-    lp = jax.vmap(ld.posterior_logdensity_fn)(ld.unravel(draws))
+    lp = jax.lax.map(lambda x: ld.posterior_logdensity_fn(ld.unravel(x)), draws,
+                     batch_size=min(draws.shape[0], _WEIGHT_BLOCK))
     return lp, lp - approx.log_prob(draws)
 
 
