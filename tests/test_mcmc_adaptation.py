@@ -58,10 +58,62 @@ def test_mass_matrix_on_a_correlated_gaussian(mass_matrix):
     assert_matches_gaussian(_draws(idata))
 
 
+def _gaussian_buffer(cov, n, seed=0, pad=5):
+    """(n + pad, D) draws of N(0, cov) and their exact log-density gradients -cov⁻¹x, padded with junk rows."""
+    rng = np.random.default_rng(seed)
+    x = rng.multivariate_normal(np.zeros(len(cov)), cov, size=n)
+    g = -np.linalg.solve(cov, x.T).T
+    junk = rng.normal(size=(pad, len(cov))) * 1e3  # rows past n must be masked out
+    return jnp.asarray(np.vstack([x, junk])), jnp.asarray(np.vstack([g, junk]))
+
+
+def _dense(sigma, U, lam):
+    sigma, U, lam = map(np.asarray, (sigma, U, lam))
+    return (sigma[:, None] * (np.eye(len(sigma)) + (U * (lam - 1.0)) @ U.T)) * sigma[None, :]
+
+
+def test_low_rank_metric_recovers_a_gaussian_covariance_exactly():
+    # Seyboldt et al. Thm 2.4: with D + 1 or more draws and the whole space spanned
+    # (q = 2·rank = D), the Fisher estimate is the covariance, up to the γ = 1e-5 regularisation
+    from ppl_posteriors.mcmc.mass_matrix import fisher_low_rank_metric
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(6, 6))
+    cov = a @ a.T + 0.1 * np.eye(6)
+    x, g = _gaussian_buffer(cov, 50)
+    sigma, U, lam = fisher_low_rank_metric(x, g, 50, rank=3, cutoff=1.0)
+    assert U.shape == (6, 6) and lam.shape == (6,)
+    np.testing.assert_allclose(_dense(sigma, U, lam), cov, rtol=1e-3, atol=1e-6 * np.abs(cov).max())
+
+
+def test_low_rank_metric_keeps_the_small_eigen_directions():
+    # nutpie keeps every eigenvalue of the 2·rank subspace outside [1/c, c]; BlackJAX 1.7 keeps
+    # the rank largest |λ - 1|, i.e. only large ones when there are as many large as rank
+    from ppl_posteriors.mcmc.mass_matrix import fisher_low_rank_metric
+
+    d = 20
+    q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(d, d)))
+    ev = np.ones(d)
+    ev[:2], ev[2:4] = [100.0, 50.0], [0.01, 0.02]
+    cov = (q * ev) @ q.T
+    x, g = _gaussian_buffer(cov, 400, seed=3)
+    sigma, U, lam = fisher_low_rank_metric(x, g, 400, rank=2)
+    assert U.shape == (d, 4)
+    lam = np.sort(np.asarray(lam))
+    assert lam[0] < 0.5 and lam[1] < 0.5 and lam[-1] > 2 and lam[-2] > 2, lam
+    # the preconditioned covariance (cond 1e4) is left with a condition number of about the
+    # cutoff band's (eigenvalues in [1/2, 2] are not corrected); dropping the small
+    # directions would leave ~100
+    est = _dense(sigma, U, np.asarray(fisher_low_rank_metric(x, g, 400, rank=2)[2]))
+    l_inv = np.linalg.inv(np.linalg.cholesky(est))
+    rel = np.linalg.eigvalsh(l_inv @ cov @ l_inv.T)
+    assert rel.max() / rel.min() < 10.0, rel
+
+
 def test_mass_matrix_options():
     assert pp.NUTS(dense_mass=True) == pp.NUTS(mass_matrix="dense")  # the kept alias
     assert pp.NUTS(mass_matrix="dense").dense_mass
-    assert pp.NUTS().mass_matrix == "diag"
+    assert pp.NUTS().mass_matrix == "auto"  # low_rank for 20 <= D <= 1000, else diag
     with pytest.raises(pp.ConfigError, match="dense_mass"):
         pp.NUTS(dense_mass=True, mass_matrix="nutpie")
     with pytest.raises(pp.ConfigError, match="mass_matrix"):
@@ -168,3 +220,59 @@ def test_blackjax_contracts():
     assert _params(multi_approximate)[:4] == ["rng_key", "logdensity_fn", "initial_positions", "num_samples"]
     # its state (samples, logp, logq, path_states.alpha / beta / gamma) is exercised by
     # test_pathfinder_init_without_warmup
+
+
+def test_low_rank_metric_is_recomputed_only_at_window_ends(monkeypatch):
+    # the recompute sits under a lax.cond whose predicate is the (unbatched) schedule row: a
+    # predicate batched over the vmapped chains would turn it into a select, run every step
+    import numpy as _np
+    from blackjax.adaptation.low_rank_adaptation import build_growing_window_schedule
+
+    from ppl_posteriors.mcmc import mass_matrix as mm
+    from ppl_posteriors.mcmc.loop import run_chains
+
+    calls = []
+    real = mm.fisher_low_rank_metric
+
+    def counted(*a, **k):
+        jax.debug.callback(lambda: calls.append(1))
+        return real(*a, **k)
+
+    monkeypatch.setattr(mm, "fisher_low_rank_metric", counted)
+    num_warmup, chains = 200, 2
+    logdensity = lambda x: -0.5 * jnp.sum(x**2 / jnp.array([0.01, 1.0, 100.0]))  # noqa: E731
+    adaptation = mm.low_rank_adaptation(num_warmup, 0.8, logdensity)
+    res = run_chains(jax.random.key(0), jnp.ones((chains, 3)), sampler=pp.NUTS(mass_matrix="low_rank"),
+                     logdensity_fn=logdensity, adaptation=adaptation, num_samples=5, restart_stuck=False)
+    jax.block_until_ready(res.position)
+    ends = int(_np.asarray(build_growing_window_schedule(num_warmup))[:, 1].sum())
+    # the callback has no batched argument, so vmap calls it once per executed recompute
+    assert ends > 0 and len(calls) == ends
+
+
+def test_nuts_auto_mass_matrix_by_dimension():
+    """mass_matrix="auto" (NUTS's default) is low_rank for 20 <= D <= 1000, else diag; the one
+    used is in attrs, and the low-rank run recovers a correlated Gaussian's variances."""
+    from ppl_posteriors.mcmc.mass_matrix import resolve_mass_matrix
+
+    assert [resolve_mass_matrix("auto", d) for d in (19, 20, 1000, 1001)] == ["diag", "low_rank", "low_rank", "diag"]
+    assert resolve_mass_matrix("dense", 50) == "dense" and pp.NUTS().mass_matrix == "auto"
+    assert pp.NUTS(dense_mass=True).mass_matrix == "dense"
+
+    d = 24
+    rho = 0.9
+    cov = rho * np.ones((d, d)) + (1 - rho) * np.eye(d)
+
+    def gauss():
+        numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(d), jnp.asarray(cov)))
+
+    idata = pp.infer(gauss, method=pp.NUTS(num_warmup=500, num_samples=500), rng_key=0, progress=False)
+    assert idata.attrs["mass_matrix"] == "low_rank"
+    import arviz as az
+
+    sd = idata.posterior["x"].values.reshape(-1, d).std(0, ddof=1)
+    s_se = np.asarray(az.mcse(idata, var_names=["x"], method="sd")["x"].values)
+    assert np.all(np.abs(sd - 1.0) < 5 * s_se), (sd, s_se)
+    small = pp.infer(lambda: numpyro.sample("x", dist.Normal(0, 1).expand([3]).to_event(1)),
+                     method=pp.NUTS(num_warmup=200, num_samples=200), rng_key=0, progress=False)
+    assert small.attrs["mass_matrix"] == "diag"

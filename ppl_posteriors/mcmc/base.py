@@ -29,7 +29,7 @@ from ..results.raw import RawPosterior
 from .adaptation import Adaptation
 from .init import check_init, program_config, starting_points, warm_start
 from .loop import CHAIN_LAYOUTS, run_chains
-from .mass_matrix import MASS_MATRICES, adaptation_for
+from .mass_matrix import MASS_MATRICES, adaptation_for, resolve_mass_matrix
 from .restart import report_restarts
 
 __all__ = ["STATS_NAMES", "Sampler", "WindowAdapted", "mass_matrix_sqrt"]
@@ -247,8 +247,11 @@ class WindowAdapted(Sampler):
 
     Parameters
     ----------
-    mass_matrix : {"diag", "dense", "nutpie", "low_rank"}, default "diag"
-        The inverse mass matrix (proposal covariance) and its warmup:
+    mass_matrix : {"auto", "diag", "dense", "nutpie", "low_rank"}, default "diag" ("auto" for NUTS)
+        The inverse mass matrix (proposal covariance) and its warmup. ``"auto"``:
+        "low_rank" for 20 <= D <= 1000 unconstrained parameters, else "diag"
+        (``mass_matrix.AUTO_LOW_RANK_DIMS``; measured on B2); the one used is in
+        ``attrs["mass_matrix"]``.
         ``"diag"`` / ``"dense"``: Stan's windowed Welford estimate of the draws'
         variances / covariance; ``"nutpie"``: nutpie's diagonal sqrt(Var(x)/Var(∇log p))
         from draws and gradients, updated every draw; ``"low_rank"``: nutpie's
@@ -263,22 +266,28 @@ class WindowAdapted(Sampler):
     dense_mass: bool = False
 
     #: the ``mass_matrix`` values this sampler takes (gradient-free ones: diag and dense)
-    mass_matrices: ClassVar[tuple[str, ...]] = ("diag", "dense", "nutpie")
+    mass_matrices: ClassVar[tuple[str, ...]] = ("auto", "diag", "dense", "nutpie")
 
     def __post_init__(self):
         super().__post_init__()
         if self.dense_mass:
-            self._require(self.mass_matrix in ("diag", "dense"), "dense_mass",
+            self._require(self.mass_matrix in ("auto", "diag", "dense"), "dense_mass",
                           f"contradicts mass_matrix={self.mass_matrix!r}; use mass_matrix alone")
             object.__setattr__(self, "mass_matrix", "dense")
         self._choice("mass_matrix", MASS_MATRICES)
-        allowed = self.mass_matrices if self.uses_gradients else ("diag", "dense")
+        allowed = self.mass_matrices if self.uses_gradients else ("auto", "diag", "dense")
         self._require(self.mass_matrix in allowed, "mass_matrix",
                       f"must be one of {allowed} for {type(self).__name__}")
         object.__setattr__(self, "dense_mass", self.mass_matrix == "dense")
 
     def adaptation(self, logdensity_fn, ld, extras) -> Adaptation:
-        return adaptation_for(self.mass_matrix, self.num_warmup, self.target_accept, logdensity_fn)
+        kind = resolve_mass_matrix(self.mass_matrix, ld.dim)
+        return adaptation_for(kind, self.num_warmup, self.target_accept, logdensity_fn)
+
+    def mass_matrix_info(self, tuned: dict) -> dict:
+        """``{"mass_matrix": the kind used}`` ("auto" resolved by the model's dimension)."""
+        imm = tuned["imm_sigma"] if "imm_sigma" in tuned else tuned["inverse_mass_matrix"]
+        return {"mass_matrix": resolve_mass_matrix(self.mass_matrix, int(np.shape(imm)[-1]))}
 
 
 def mass_matrix_sqrt(inverse_mass_matrix):

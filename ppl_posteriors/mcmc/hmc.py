@@ -65,7 +65,7 @@ class HMC(WindowAdapted):
     max_integration_steps: int = 1024
     jitter: bool = True
     display_name = "HMC"
-    mass_matrices = ("diag", "dense", "nutpie", "low_rank")
+    mass_matrices = ("auto", "diag", "dense", "nutpie", "low_rank")
 
     def __post_init__(self):
         super().__post_init__()
@@ -90,7 +90,7 @@ class HMC(WindowAdapted):
         return hmc_stats(state, info)
 
     def extra_info(self, stats, tuned):
-        return {"mean_integration_steps": float(np.mean(stats["n_steps"]))}
+        return {"mean_integration_steps": float(np.mean(stats["n_steps"])), **self.mass_matrix_info(tuned)}
 
 
 def jittered_hmc(logdensity_fn, step_size, inverse_mass_matrix, max_steps, max_bits: int = 24):

@@ -27,14 +27,15 @@ __all__ = ["NUTS"]
 
 @dataclasses.dataclass(frozen=True)
 class NUTS(WindowAdapted):
-    """No-U-Turn Sampler (BlackJAX) with Stan's window adaptation.
+    """No-U-Turn Sampler (BlackJAX) with windowed adaptation of the step size and mass matrix.
 
     Parameters
     ----------
     num_chains, num_warmup, num_samples, init_radius, init, init_from, mass_matrix, dense_mass
         See :class:`~ppl_posteriors.mcmc.base.Sampler` and :class:`~ppl_posteriors.mcmc.base.WindowAdapted`
-        (defaults 4, 1000, 1000, 2.0, "uniform", None, "diag", False); ``mass_matrix`` may be
-        "diag", "dense", "nutpie" or "low_rank".
+        (defaults 4, 1000, 1000, 2.0, "uniform", None, "auto", False); ``mass_matrix`` may be
+        "auto" (nutpie's low-rank plus diagonal metric for 20 <= D <= 1000, else Stan's
+        diagonal windows), "diag", "dense", "nutpie" or "low_rank".
     target_accept : float, default 0.8
         Target mean acceptance probability of the step-size adaptation, in (0, 1).
         Raise it (0.9, 0.95, 0.99) when there are divergences.
@@ -49,8 +50,9 @@ class NUTS(WindowAdapted):
 
     target_accept: float = 0.8
     max_tree_depth: int = 10
+    mass_matrix: str = "auto"
     display_name = "NUTS"
-    mass_matrices = ("diag", "dense", "nutpie", "low_rank")
+    mass_matrices = ("auto", "diag", "dense", "nutpie", "low_rank")
 
     def __post_init__(self):
         super().__post_init__()
@@ -72,7 +74,8 @@ class NUTS(WindowAdapted):
         }
 
     def extra_info(self, stats, tuned):
-        return {"max_tree_depth_fraction": float(np.mean(stats["tree_depth"] >= self.max_tree_depth))}
+        return {"max_tree_depth_fraction": float(np.mean(stats["tree_depth"] >= self.max_tree_depth)),
+                **self.mass_matrix_info(tuned)}
 
 
-register_method("nuts", NUTS, "No-U-Turn Sampler (BlackJAX) with Stan's window adaptation")
+register_method("nuts", NUTS, "No-U-Turn Sampler (BlackJAX); mass matrix auto: low-rank (20 <= D <= 1000) or diag")
