@@ -267,7 +267,7 @@ def test_nuts_auto_mass_matrix_by_dimension():
         numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(d), jnp.asarray(cov)))
 
     idata = pp.infer(gauss, method=pp.NUTS(num_warmup=500, num_samples=500), rng_key=0, progress=False)
-    assert idata.attrs["mass_matrix"] == "low_rank"
+    assert idata.attrs["mass_matrix"] == "low_rank" and idata.attrs["chain_layout"] == "lockstep"  # no mesh
     import arviz as az
 
     sd = idata.posterior["x"].values.reshape(-1, d).std(0, ddof=1)

@@ -28,7 +28,7 @@ from ..registry import MethodConfig
 from ..results.raw import RawPosterior
 from .adaptation import Adaptation
 from .init import check_init, program_config, starting_points, warm_start
-from .loop import CHAIN_LAYOUTS, run_chains
+from .loop import CHAIN_LAYOUTS, chain_layout, run_chains
 from .mass_matrix import MASS_MATRICES, adaptation_for, resolve_mass_matrix
 from .restart import report_restarts
 
@@ -76,7 +76,8 @@ class Sampler(MethodConfig):
         their own loop (``jax.shard_map``: no chain waits for another device's longest
         trajectory); ``"lockstep"`` vmaps all chains in one loop that XLA splits over the
         devices. ``"auto"`` is ``"per_device"`` where the mesh has no ``"data"`` axis.
-        Ignored without a mesh. See :mod:`ppl_posteriors.mcmc.loop`.
+        Ignored without a mesh. The layout used is ``attrs["chain_layout"]``. See
+        :mod:`ppl_posteriors.mcmc.loop`.
     init : {"uniform", "pathfinder"}, default "uniform"
         ``"pathfinder"``: start the chains at multi-path Pathfinder draws and the mass
         matrix at each path's L-BFGS inverse Hessian (:mod:`ppl_posteriors.mcmc.init`).
@@ -202,7 +203,9 @@ class Sampler(MethodConfig):
                 f"uniform(-{self.init_radius}, {self.init_radius}) draws on the unconstrained space; "
                 "check the priors and the data (e.g. a likelihood that is -inf for every parameter)"
             )
-        return self._finish(res)
+        raw = self._finish(res)
+        raw.info["chain_layout"] = chain_layout(self.chain_layout, rt.mesh, self.num_chains)  # the one used
+        return raw
 
     def _finish(self, res) -> RawPosterior:
         stats = {k: np.asarray(v) for k, v in res.stats.items()}

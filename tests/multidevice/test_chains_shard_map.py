@@ -47,6 +47,7 @@ def test_per_device_equals_unsharded_and_compiles_once(monkeypatch, capfd):
     _close(out.sample_stats["lp"].values, ref.sample_stats["lp"].values)
     np.testing.assert_array_equal(out.sample_stats["tree_depth"].values, ref.sample_stats["tree_depth"].values)
     assert out.attrs["programs_compiled"] >= 1
+    assert out.attrs["chain_layout"] == "per_device" and lock.attrs["chain_layout"] == "lockstep"
     again = pp.infer(logreg, X, y=y, method=cfg, rng_key=4, mesh=mesh)  # new key: no tracing, no compiling
     assert again.attrs["programs_compiled"] == 0 and again.attrs["cache_hit"] == 1
     assert not np.allclose(again.posterior["w"].values, out.posterior["w"].values)
