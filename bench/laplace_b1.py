@@ -598,7 +598,7 @@ def main(argv=None):
                 row["vs_plain"] = f"max rel diff to generic EF = {err:.1e}"
             rows.append(row)
             print(f"  {tool} {variant}: done in {time.perf_counter() - t0:.1f} s", flush=True)
-    rows += torch_peers(unravel(jnp.asarray(xmap)), Xtr, ytr, Xte, yte, reps)
+    rows += torch_peers(unravel(jnp.asarray(xmap)), Xtr, ytr, Xte, yte, reps, num_mc)
     df = pd.DataFrame(rows)
     cols = ["tool", "variant", "fit_compile_s", "fit_s", "fit_cpu_s", "pred_probit_s", "pred_linmc_s", "pred_netmc_s",
             "nll_probit", "acc_probit", "ece_probit", "nll_linmc", "nll_netmc", "vs_plain", "note"]
