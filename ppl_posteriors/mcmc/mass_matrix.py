@@ -52,8 +52,8 @@ MASS_MATRICES = ("auto", "diag", "dense", "low_rank", "nutpie")
 #: ``mass_matrix="auto"`` (NUTS's default) is "low_rank" for D in this range, else "diag". On
 #: B2 (bench/mcmc_b2.py, same run, quiet machine) low_rank gave 1.82x BlackJAX's bulk ESS/s
 #: on logreg (D = 31) and 1.47x on gauss100 (D = 100), but 0.67x on eight schools (D = 10),
-#: where diag gave 1.05x; above ~1000 its O(D·q) metric (q up to 2·buffer) costs more than
-#: the diagonal per leapfrog step
+#: where diag gave 1.05x. The upper bound is a guard, not a measurement: the metric costs
+#: O(D·q) per leapfrog step (q up to min(D, 2·buffer)), growing like D² where diag is O(D)
 AUTO_LOW_RANK_DIMS = (20, 1000)
 _LO, _HI = 1e-20, 1e20  # nutpie's clamp of the diagonal (nuts-rs LOWER_LIMIT / UPPER_LIMIT)
 
