@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import optimistix as optx
 
+from .._errors import ConfigError
 from ..linalg import lanczos
 from .curvature import dense_hessian
 
@@ -503,8 +504,6 @@ def find_map_multistart(
         pd = res.pd
         distance = lambda best, diff: _matrix_free_distance(f, best, diff, m)  # noqa: E731
     else:
-        from .._errors import ConfigError
-
         raise ConfigError(f"find_map_multistart(solver={solver!r}): use 'dense' or 'matrix_free'")
     if start_ok is None:
         start_ok = jnp.ones(x0.shape[:1], bool)
