@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from blackjax.adaptation import window_adaptation as _wa
 
+from .metric import dense_factors
+
 __all__ = ["Adaptation", "fixed_parameters", "tuned_before_loop", "window_adaptation"]
 
 
@@ -116,7 +118,8 @@ def window_adaptation(
     engine is not public): ``tests/test_contracts.py`` catches churn.
 
     Tuned parameters: ``{"step_size": (chain,), "inverse_mass_matrix": (chain, D) or
-    (chain, D, D)}``. ``with_initial_metric(imm0)`` starts from ``imm0`` instead of
+    (chain, D, D)}``, and for a dense matrix its factors (:func:`.metric.dense_factors`).
+    ``with_initial_metric(imm0)`` starts from ``imm0`` instead of
     the identity (used until the first slow window ends; the windows' estimates are
     regularised towards 1e-3 I as before, not towards ``imm0``).
     """
@@ -126,7 +129,8 @@ def window_adaptation(
     schedule = jnp.asarray(_wa.build_schedule(num_warmup), dtype=jnp.int32).reshape(num_warmup, 2)
 
     def as_tuned(step_size, imm):
-        return {"step_size": step_size, "inverse_mass_matrix": imm}
+        tuned = {"step_size": step_size, "inverse_mass_matrix": imm}
+        return {**tuned, **dense_factors(imm)} if imm.ndim == 3 else tuned
 
     def make_init(imm0):
         def init(rng_key, positions, init_states):

@@ -28,7 +28,7 @@ from blackjax.mcmc import dynamic_hmc
 
 from ..registry import register_method
 from .base import WindowAdapted
-from .mass_matrix import kernel_metric
+from .metric import kernel_metric
 
 __all__ = ["HMC"]
 

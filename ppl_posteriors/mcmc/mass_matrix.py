@@ -21,8 +21,8 @@ HMC, MALA, Barker), else one extra gradient per draw.
   factors directly (``blackjax.mcmc.metrics.LowRankInverseMassMatrix``), at O(D·q)
   per leapfrog step.
 
-:func:`adaptation_for` picks the adaptation of a ``mass_matrix`` option and
-:func:`kernel_metric` turns tuned parameters into BlackJAX's ``inverse_mass_matrix``.
+:func:`adaptation_for` picks the adaptation of a ``mass_matrix`` option;
+:func:`.metric.kernel_metric` turns tuned parameters into the kernels' metric.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.adaptation.low_rank_adaptation import build_growing_window_schedule
-from blackjax.adaptation.metric_estimators import _relative_pd_floor, _spd_mean
 from blackjax.adaptation.metric_recipes import REGISTRY, seed_low_rank_sigma_from_grad
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 from blackjax.adaptation.window_adaptation import build_schedule
@@ -42,9 +41,10 @@ from blackjax.mcmc.metrics import LowRankInverseMassMatrix
 from jax.flatten_util import ravel_pytree
 
 from .adaptation import Adaptation, window_adaptation
+from .metric import low_rank_dense
 
 __all__ = [
-    "AUTO_LOW_RANK_DIMS", "MASS_MATRICES", "adaptation_for", "fisher_low_rank_metric", "kernel_metric",
+    "AUTO_LOW_RANK_DIMS", "MASS_MATRICES", "adaptation_for", "fisher_low_rank_metric",
     "low_rank_adaptation", "nutpie_adaptation", "resolve_mass_matrix",
 ]
 
@@ -78,15 +78,6 @@ def adaptation_for(kind: str, num_warmup: int, target_accept: float, logdensity_
     if kind == "low_rank":
         return low_rank_adaptation(num_warmup, target_accept, logdensity_fn)
     raise ValueError(f"unknown mass matrix {kind!r}")
-
-
-def kernel_metric(tuned: dict):
-    """BlackJAX's ``inverse_mass_matrix`` argument from tuned parameters: the array
-    ``tuned["inverse_mass_matrix"]`` ((D,) or (D, D)), or a ``LowRankInverseMassMatrix``
-    from ``imm_sigma`` (D,), ``imm_U`` (D, k), ``imm_lam`` (k,)."""
-    if "imm_sigma" in tuned:
-        return LowRankInverseMassMatrix(tuned["imm_sigma"], tuned["imm_U"], tuned["imm_lam"])
-    return tuned["inverse_mass_matrix"]
 
 
 def _flat_grads(states, logdensity_fn):
@@ -238,6 +229,25 @@ def _diag_of(imm):
 
 
 # -- low rank plus diagonal ---------------------------------------------------------
+def _pd_floor(vals):
+    """eps·max|vals|: smaller eigenvalues of an SPD matrix are round-off (BlackJAX's floor)."""
+    return jnp.finfo(vals.dtype).eps * jnp.maximum(jnp.max(jnp.abs(vals)), jnp.finfo(vals.dtype).tiny)
+
+
+def _geometric_mean_inv(a, b):
+    """A # B⁻¹ for SPD A, B (q, q): the SPD Σ with Σ B Σ = A (AIRM geometric mean).
+
+    With A = L Lᵀ (Cholesky), A # B⁻¹ = L (L⁻¹B⁻¹L⁻ᵀ)^½ Lᵀ = L (LᵀBL)^(-½) Lᵀ: one Cholesky
+    and one ``eigh``, no inverse (BlackJAX's ``_spd_mean(A, inv(B))`` takes an inverse and
+    two ``eigh``; the same matrix in exact arithmetic). Eigenvalues of LᵀBL are floored
+    at :func:`_pd_floor`.
+    """
+    chol = jnp.linalg.cholesky(a)
+    vals, vecs = jnp.linalg.eigh(chol.T @ b @ chol)
+    w = (chol @ vecs) * jnp.maximum(vals, _pd_floor(vals))[None, :] ** -0.25  # W Wᵀ = L (LᵀBL)^(-½) Lᵀ
+    return w @ w.T
+
+
 def fisher_low_rank_metric(draws, grads, n, rank: int | None = None, gamma: float = 1e-5, cutoff: float = 2.0):
     """nutpie's low-rank plus diagonal estimate from the first ``n`` rows of a buffer.
 
@@ -248,7 +258,7 @@ def fisher_low_rank_metric(draws, grads, n, rank: int | None = None, gamma: floa
     k = min(``rank``, B, D) (``rank=None``: all of them, as nuts-rs, whose thin SVDs are
     not truncated: with B ≥ D/2 draws Q spans the whole space and the metric is the
     dense Fisher optimum), q = min(2k, D); C_x = QᵀXᵀXQ/γ + I, C_a = QᵀAᵀAQ/γ + I;
-    Σ = C_x # C_a⁻¹ (SPD geometric mean, BlackJAX's ``_spd_mean``); Σ = V Λ Vᵀ.
+    Σ = C_x # C_a⁻¹ (SPD geometric mean, :func:`_geometric_mean_inv`); Σ = V Λ Vᵀ.
     Returns U = QV (D, q) and Λ with every eigenvalue in [1/c, c] set to 1 -- all q
     eigen-directions outside that band are kept, as nutpie does (BlackJAX 1.7's
     ``_compute_low_rank_metric`` keeps only the ``rank`` largest |λ - 1|, which are
@@ -276,16 +286,20 @@ def fisher_low_rank_metric(draws, grads, n, rank: int | None = None, gamma: floa
     sigma = jnp.clip(jnp.power(jnp.clip(var_x / jnp.maximum(var_g, 1e-10), 0.0, None), 0.25), _LO, _HI)
     xs, gs = dx / sigma, dg * sigma
     k = min(b, d) if rank is None else min(rank, b, d)
-    ux = jnp.linalg.svd(xs, full_matrices=False)[2][:k].T
-    ug = jnp.linalg.svd(gs, full_matrices=False)[2][:k].T
-    q, _ = jnp.linalg.qr(jnp.concatenate([ux, ug], axis=1))
-    px, pg = xs @ q, gs @ q  # (B, q)
-    eye = jnp.eye(q.shape[1], dtype=cd)
+    if k == d:  # each subspace is all of R^D: Q = I (the geometric mean is basis-equivariant)
+        px, pg = xs, gs
+    else:
+        ux = jnp.linalg.svd(xs, full_matrices=False)[2][:k].T
+        ug = jnp.linalg.svd(gs, full_matrices=False)[2][:k].T
+        q, _ = jnp.linalg.qr(jnp.concatenate([ux, ug], axis=1))
+        px, pg = xs @ q, gs @ q  # (B, q)
+    eye = jnp.eye(px.shape[1], dtype=cd)
     cx, cg = px.T @ px / gamma + eye, pg.T @ pg / gamma + eye
-    vals, vecs = jnp.linalg.eigh(_spd_mean(cx, jnp.linalg.inv(cg)))
-    vals = jnp.maximum(vals, _relative_pd_floor(vals))
+    vals, vecs = jnp.linalg.eigh(_geometric_mean_inv(cx, cg))
+    vals = jnp.maximum(vals, _pd_floor(vals))
     lam = jnp.where((vals < 1.0 / cutoff) | (vals > cutoff), vals, 1.0)
-    return sigma.astype(dtype), (q @ vecs).astype(dtype), lam.astype(dtype)
+    u = vecs if k == d else q @ vecs
+    return sigma.astype(dtype), u.astype(dtype), lam.astype(dtype)
 
 
 class LowRankState(NamedTuple):
@@ -294,6 +308,7 @@ class LowRankState(NamedTuple):
     da: tuple
     step_size: jax.Array
     core: tuple
+    dense: jax.Array | None = None  # (D, D) M⁻¹ where q ≥ D/2 (:func:`.metric.kernel_metric`)
 
 
 def low_rank_adaptation(
@@ -329,7 +344,7 @@ def low_rank_adaptation(
     metric core from the chain loop keeps the progress bar and one compiled transition.
 
     Tuned parameters: ``{"step_size": (chain,), "imm_sigma": (chain, D), "imm_U":
-    (chain, D, q), "imm_lam": (chain, q)}``; :func:`kernel_metric` rebuilds the metric.
+    (chain, D, q), "imm_lam": (chain, q)}``; :func:`.metric.kernel_metric` rebuilds the metric.
     """
     da_init, da_update, da_final = dual_averaging_adaptation(target_accept)
     with jax.ensure_compile_time_eval():  # a constant, also when called inside a trace
@@ -356,8 +371,12 @@ def low_rank_adaptation(
 
         return core._replace(init=init, final=final)
 
-    def as_tuned(step_size, imm):
-        return {"step_size": step_size, "imm_sigma": imm.sigma, "imm_U": imm.U, "imm_lam": imm.lam}
+    def dense_of(imm):  # one D² product per leapfrog step beats two D·q ones when 2q ≥ D
+        return low_rank_dense(imm.sigma, imm.U, imm.lam) if 2 * imm.U.shape[-1] >= imm.U.shape[-2] else None
+
+    def as_tuned(step_size, imm, dense=None):
+        tuned = {"step_size": step_size, "imm_sigma": imm.sigma, "imm_U": imm.U, "imm_lam": imm.lam}
+        return tuned if dense is None else {**tuned, "imm_dense": dense}
 
     def make_init(imm0):
         def init(rng_key, positions, init_states):
@@ -375,7 +394,7 @@ def low_rank_adaptation(
                 if diag0 is not None:
                     c = c._replace(inverse_mass_matrix=c.inverse_mass_matrix._replace(sigma=jnp.sqrt(diag0)))
                 step = jnp.asarray(initial_step_size, x.dtype)
-                return LowRankState(da_init(step), step, c)
+                return LowRankState(da_init(step), step, c, dense_of(c.inverse_mass_matrix))
 
             diag0 = None if imm0 is None else _diag_of(imm0)
             astate = jax.vmap(one)(g, diag0) if diag0 is not None else jax.vmap(lambda g: one(g, None))(g)
@@ -383,11 +402,9 @@ def low_rank_adaptation(
 
         return init
 
-    def update_one(a, stage, x, g, acc, core):
+    def record_one(a, slow, end, x, g, acc):
         # core.update's write, done in place on every step (a row past buffer_idx is
-        # masked out by the estimator), and core.final's metric under a cond whose
-        # outputs are small: the (buffer, D) buffers never pass through a branch
-        slow, end = stage[0] == 1, stage[1] == 1
+        # masked out by the estimator); dual averaging restarts from its average at a window end
         c = a.core
         row = c.buffer_idx % c.draws_buffer.shape[0]
         c = c._replace(
@@ -396,26 +413,34 @@ def low_rank_adaptation(
             buffer_idx=c.buffer_idx + slow.astype(jnp.asarray(c.buffer_idx).dtype),
         )
         da = da_update(a.da, acc)
-        imm = jax.lax.cond(end, lambda c: core.final(c).inverse_mass_matrix, lambda c: c.inverse_mass_matrix, c)
         da = jax.tree.map(lambda r, u: jnp.where(end, r, u), da_init(da_final(da)), da)
-        c = c._replace(inverse_mass_matrix=imm, buffer_idx=jnp.where(end, 0, c.buffer_idx))
-        return LowRankState(da, jnp.exp(da.log_step_size).astype(a.step_size.dtype), c)
+        return a._replace(da=da, step_size=jnp.exp(da.log_step_size).astype(a.step_size.dtype), core=c)
 
     def update(astate, i, states, stats):
         x, g = _flat_grads(states, logdensity_fn)
         core = core_for(x.shape[1])
         stage = schedule[jnp.clip(i, 0, max(num_warmup - 1, 0))]
+        slow, end = stage[0] == 1, stage[1] == 1
         acc = stats.get("acceptance_rate")
         if acc is None:
             acc = jnp.full(astate.step_size.shape, target_accept, astate.step_size.dtype)
-        return jax.vmap(lambda a, x, g, acc: update_one(a, stage, x, g, acc, core))(astate, x, g, acc)
+        a = jax.vmap(lambda a, x, g, acc: record_one(a, slow, end, x, g, acc))(astate, x, g, acc)
+
+        def new_metric(c):  # chain by chain: see the module docstring (batched LAPACK calls)
+            return jax.lax.map(lambda c: (lambda imm: (imm, dense_of(imm)))(core.final(c).inverse_mass_matrix), c)
+
+        # core.final's metric under a cond whose predicate is not batched (the window
+        # schedule is shared) and whose outputs are small: the (buffer, D) buffers only go in
+        imm, dense = jax.lax.cond(end, new_metric, lambda c: (c.inverse_mass_matrix, a.dense), a.core)
+        core_state = a.core._replace(inverse_mass_matrix=imm, buffer_idx=jnp.where(end, 0, a.core.buffer_idx))
+        return a._replace(core=core_state, dense=dense)
 
     def tuned(astate):
-        return as_tuned(astate.step_size, astate.core.inverse_mass_matrix)
+        return as_tuned(astate.step_size, astate.core.inverse_mass_matrix, astate.dense)
 
     def final(astate):
         step = jax.vmap(da_final)(astate.da).astype(astate.step_size.dtype)
-        return as_tuned(step, astate.core.inverse_mass_matrix)
+        return as_tuned(step, astate.core.inverse_mass_matrix, astate.dense)
 
     def with_metric(imm0):
         return Adaptation(num_warmup, make_init(imm0), update, tuned, final, with_metric)

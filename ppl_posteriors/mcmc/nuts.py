@@ -20,7 +20,7 @@ import numpy as np
 
 from ..registry import register_method
 from .base import WindowAdapted
-from .mass_matrix import kernel_metric
+from .metric import kernel_metric
 
 __all__ = ["NUTS"]
 
