@@ -11,14 +11,17 @@ Rows:
 * ``ours``: ``pp.NUTS`` with its defaults (target_accept 0.8, max_tree_depth 10);
 * ``ours[...]``: variants from ``--variants`` (``;``-separated; each a ``+``-joined list of
   ``field=value`` options of ``pp.NUTS`` and/or ``mesh``, which passes
-  ``mesh=pp.make_mesh(chain=num_chains)`` to ``pp.infer`` so the chains sit on separate
-  simulated host devices: with ``chain_layout="auto"`` each device runs its chain in its
-  own loop; ``mesh+chain_layout=lockstep`` would keep one vmapped loop split by XLA). Default:
-  ``mass_matrix`` nutpie and low_rank, each alone and with ``mesh``, and ``mesh`` alone. A variant whose option ``pp.NUTS`` does not have (checked with
+  ``mesh=pp.make_mesh(chain=H)`` to ``pp.infer`` so the chains sit on H simulated host
+  devices (``num_chains / H`` each): with ``chain_layout="auto"`` each device runs its
+  chains in its own loop; ``mesh+chain_layout=lockstep`` would keep one vmapped loop split
+  by XLA). Default: ``mass_matrix`` diag and low_rank, each alone and with ``mesh``, and
+  ``mesh`` alone. A variant whose option ``pp.NUTS`` does not have (checked with
   ``dataclasses.fields``) or refuses is skipped with a note, so the script runs before and
   after such options exist. With a ``mesh`` variant the whole process runs with
-  ``--xla_force_host_platform_device_count=4`` (every other row uses device 0 only);
-  ``--host-devices 1`` turns that off (and skips the mesh rows);
+  ``--xla_force_host_platform_device_count=H``, H = the machine's cores (at most the
+  chains, a divisor of them; every other row uses device 0 only): more devices than
+  cores only contend (bench/mcmc_chain_layout.py). ``--host-devices H`` sets H; 1
+  turns the mesh rows off;
 * ``numpyro``: numpyro NUTS, ``chain_method="vectorized"``;
 * ``blackjax``: BlackJAX ``window_adaptation`` + ``nuts``, vmapped over chains;
 * ``nutpie`` (and ``nutpie[low_rank]``): from ``bench/mcmc_b2_nutpie.py``, which runs in its
@@ -38,8 +41,9 @@ import argparse
 import os
 import sys
 
-DEFAULT_VARIANTS = ("mass_matrix=nutpie;mass_matrix=low_rank;mesh;"
-                    "mass_matrix=nutpie+mesh;mass_matrix=low_rank+mesh")
+DEFAULT_VARIANTS = ("mass_matrix=diag;mass_matrix=low_rank;mesh;"
+                    "mass_matrix=diag+mesh;mass_matrix=low_rank+mesh")
+CHAINS = 4
 
 
 def _parse_variants(spec: str) -> list[tuple[str, ...]]:
@@ -53,8 +57,9 @@ def _parse_variants(spec: str) -> list[tuple[str, ...]]:
 
 
 def _early_host_devices(argv) -> int:
-    """Host devices to simulate: ``--host-devices`` or, when a variant uses ``mesh``, the chains
-    (4). Must be set in XLA_FLAGS before JAX is imported."""
+    """Host devices to simulate: ``--host-devices`` or, when a variant uses ``mesh``, the
+    largest divisor of the chains (4) not above the machine's cores. Must be set in XLA_FLAGS
+    before JAX is imported."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--variants", default=DEFAULT_VARIANTS)
     p.add_argument("--host-devices", type=int, default=None)
@@ -63,7 +68,8 @@ def _early_host_devices(argv) -> int:
     if a.host_devices is not None:
         return a.host_devices
     uses_mesh = "ours" in a.tools and any("mesh" in v for v in _parse_variants(a.variants))
-    return 4 if uses_mesh else 1
+    cores = os.cpu_count() or 1
+    return max(h for h in range(1, CHAINS + 1) if CHAINS % h == 0 and h <= cores) if uses_mesh else 1
 
 
 HOST_DEVICES = _early_host_devices(sys.argv[1:])
@@ -114,8 +120,9 @@ def make_variants(spec: str, num_chains: int) -> tuple[list[Variant], list[str]]
         for tok in tokens:
             if tok == "mesh":
                 mesh = True
-                if jax.device_count() < num_chains:
-                    why = f"{jax.device_count()} devices < {num_chains} chains (run with --host-devices {num_chains})"
+                if jax.device_count() < 2 or num_chains % jax.device_count():
+                    why = (f"{jax.device_count()} devices: a mesh needs 2 or more that divide the {num_chains} "
+                           "chains (--host-devices H)")
                 continue
             key, sep, value = tok.partition("=")
             if not sep:
@@ -149,7 +156,7 @@ def run_ours(target: C.Target, cfg: dict, variant: Variant, seed: int) -> dict:
         max_tree_depth=10,
         **variant.options,
     )
-    mesh = pp.make_mesh(chain=cfg["chains"]) if variant.mesh else None
+    mesh = pp.make_mesh(chain=jax.device_count()) if variant.mesh else None
     with C.capture_warnings() as caught, C.CompileTimer() as ct:
         t0 = time.perf_counter()
         idata = pp.infer(target.model, *target.args, method=method, rng_key=seed, progress=False, mesh=mesh,
@@ -500,9 +507,9 @@ def main(argv=None):
     p.add_argument("--nutpie-variants", default="default,low_rank", help="passed to mcmc_b2_nutpie.py --variants")
     args = p.parse_args(argv)
     if args.quick:
-        cfg = {"chains": 4, "warmup": 100, "samples": 100, "grad_iters": 200}
+        cfg = {"chains": CHAINS, "warmup": 100, "samples": 100, "grad_iters": 200}
     else:
-        cfg = {"chains": 4, "warmup": 1000, "samples": 1000, "grad_iters": 5000}
+        cfg = {"chains": CHAINS, "warmup": 1000, "samples": 1000, "grad_iters": 5000}
     reps = args.reps or (1 if args.quick else 3)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     C.header(f"B2 NUTS: {cfg['chains']} chains x {cfg['warmup']} warmup x {cfg['samples']} draws, "
