@@ -17,9 +17,9 @@ HMC, MALA, Barker), else one extra gradient per draw.
   (Algorithm 1 of that paper; :func:`fisher_low_rank_metric`, nuts-rs's selection:
   every direction of both subspaces outside [1/2, 2]), in BlackJAX's
   ``fisher_low_rank`` metric core's buffer on nutpie's growing windows
-  (``build_growing_window_schedule``); BlackJAX's NUTS/HMC kernels take the
-  factors directly (``blackjax.mcmc.metrics.LowRankInverseMassMatrix``), at O(D·q)
-  per leapfrog step.
+  (``build_growing_window_schedule``), re-estimated chain by chain (``lax.map``: no
+  batched LAPACK call, see :mod:`.metric`); the kernels apply it at O(D·q) per
+  leapfrog step, or as its D x D matrix when q ≥ D/2 (:func:`.metric.kernel_metric`).
 
 :func:`adaptation_for` picks the adaptation of a ``mass_matrix`` option;
 :func:`.metric.kernel_metric` turns tuned parameters into the kernels' metric.
@@ -50,10 +50,11 @@ __all__ = [
 
 MASS_MATRICES = ("auto", "diag", "dense", "low_rank", "nutpie")
 #: ``mass_matrix="auto"`` (NUTS's default) is "low_rank" for D in this range, else "diag". On
-#: B2 (bench/mcmc_b2.py, same run, quiet machine) low_rank gave 1.82x BlackJAX's bulk ESS/s
-#: on logreg (D = 31) and 1.47x on gauss100 (D = 100), but 0.67x on eight schools (D = 10),
-#: where diag gave 1.05x. The upper bound is a guard, not a measurement: the metric costs
-#: O(D·q) per leapfrog step (q up to min(D, 2·buffer)), growing like D² where diag is O(D)
+#: B2 (bench/mcmc_b2.py, same run, quiet machine, 2026-12-02) low_rank gave 2.04x diag's bulk
+#: ESS/s on logreg (D = 31) and 2.28x on gauss100 (D = 100), and tied on eight schools
+#: (D = 10: 1.01x, one more divergence), so small models keep the simpler diagonal. The
+#: upper bound is a guard, not a measurement: the metric costs O(D·q) per leapfrog step (q
+#: up to min(D, 2·buffer)), growing like D² where diag is O(D)
 AUTO_LOW_RANK_DIMS = (20, 1000)
 _LO, _HI = 1e-20, 1e20  # nutpie's clamp of the diagonal (nuts-rs LOWER_LIMIT / UPPER_LIMIT)
 

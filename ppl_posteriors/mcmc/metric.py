@@ -40,7 +40,7 @@ from blackjax.mcmc.metrics import LowRankInverseMassMatrix, Metric, default_metr
 from blackjax.util import generate_gaussian_noise
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["kernel_metric", "low_rank_dense", "low_rank_matvec"]
+__all__ = ["dense_factors", "kernel_metric", "low_rank_dense", "low_rank_matvec"]
 
 
 def low_rank_matvec(sigma, U, lam, p):
@@ -78,9 +78,7 @@ def _inverse_mass_matvec(tuned: dict):
     if "imm_sigma" in tuned:
         return (lambda a, p: low_rank_matvec(*a, p)), (tuned["imm_sigma"], tuned["imm_U"], tuned["imm_lam"])
     imm = tuned["inverse_mass_matrix"]
-    if jnp.ndim(imm) == 1:
-        return (lambda a, p: a * p), imm
-    return (lambda a, p: a @ p), imm
+    return (lambda a, p: a * p if a.ndim == 1 else a @ p), imm
 
 
 def kernel_metric(tuned: dict) -> Metric:
@@ -88,10 +86,17 @@ def kernel_metric(tuned: dict) -> Metric:
 
     ``tuned`` holds ``"inverse_mass_matrix"`` ((D,) diagonal or (D, D) dense), or a
     low-rank M⁻¹ = diag(σ)(I + U(Λ - I)Uᵀ)diag(σ) as ``"imm_sigma"`` (D,), ``"imm_U"``
-    (D, q), ``"imm_lam"`` (q,), optionally with its dense form ``"imm_dense"`` (D, D).
-    Momentum draws and ``scale`` are BlackJAX's (``gaussian_euclidean`` /
-    ``gaussian_euclidean_low_rank``); kinetic energy and the U-turn check do fewer M⁻¹
-    products (module docstring). Positions are flattened with ``ravel_pytree``.
+    (D, q), ``"imm_lam"`` (q,), optionally with its dense form ``"imm_dense"`` (D, D); a
+    dense matrix may come with its factors (:func:`dense_factors`; without them BlackJAX
+    factors it in the kernel). The same momentum draws, energies, velocities and ``scale``
+    as BlackJAX's ``gaussian_euclidean`` / ``gaussian_euclidean_low_rank`` (to round-off,
+    ``tests/test_mcmc_metric.py``) with fewer M⁻¹ products (module docstring). Positions
+    are flattened with ``ravel_pytree``.
+
+    Raises
+    ------
+    KeyError
+        ``tuned`` holds none of the forms above.
     """
     if "imm_sigma" in tuned:
         base = default_metric(LowRankInverseMassMatrix(tuned["imm_sigma"], tuned["imm_U"], tuned["imm_lam"]))
