@@ -25,25 +25,35 @@ from .base import WindowAdapted, mass_matrix_sqrt
 __all__ = ["MALA", "whitened"]
 
 
-def whitened(algorithm_fn, logdensity_fn, inverse_mass_matrix, state_cls):
+def whitened(algorithm_fn, logdensity_fn, tuned, state_cls):
     """Run ``algorithm_fn(logdensity_u)`` (a BlackJAX algorithm without a mass matrix
     whose state is ``state_cls(position, logdensity, logdensity_grad)``) in the
-    coordinates u = S⁻¹ z, S Sᵀ = ``inverse_mass_matrix`` ((D,) or (D, D)); the
-    returned algorithm's states and draws are in z."""
-    s = mass_matrix_sqrt(inverse_mass_matrix)
-    diag = jnp.ndim(s) == 1
+    coordinates u = S⁻¹ z, S Sᵀ = ``tuned["inverse_mass_matrix"]`` ((D,) or (D, D)); the
+    returned algorithm's states and draws are in z. A dense matrix's S and S⁻ᵀ are
+    ``tuned["imm_chol"]`` and ``tuned["mass_sqrt"]`` where the adaptation made them
+    (:func:`.metric.dense_factors`: then the kernel calls no LAPACK routine, which a
+    batched call on host devices could deadlock), else they are factored here."""
+    imm = tuned["inverse_mass_matrix"]
+    diag = jnp.ndim(imm) == 1
+    if diag:
+        s, s_inv_t = mass_matrix_sqrt(imm), None  # (D,): elementwise
+    elif "imm_chol" in tuned:
+        s, s_inv_t = tuned["imm_chol"], tuned["mass_sqrt"]
+    else:
+        s = mass_matrix_sqrt(imm)
+        s_inv_t = solve_triangular(s, jnp.eye(s.shape[-1], dtype=s.dtype), lower=True, trans=1)
 
     def z_of(u):
         return s * u if diag else s @ u
 
-    def u_of(z):
-        return z / s if diag else solve_triangular(s, z, lower=True)
+    def u_of(z):  # S⁻¹ z = (S⁻ᵀ)ᵀ z
+        return z / s if diag else z @ s_inv_t
 
     def grad_u_of(g):  # Sᵀ g
-        return s * g if diag else s.T @ g
+        return s * g if diag else g @ s
 
     def grad_z_of(g):  # S⁻ᵀ g
-        return g / s if diag else solve_triangular(s.T, g, lower=False)
+        return g / s if diag else s_inv_t @ g
 
     def init(position, rng_key=None):
         return state_cls(*blackjax.mala.init(position, logdensity_fn))
@@ -83,9 +93,7 @@ class MALA(WindowAdapted):
     def build(self, logdensity_fn, tuned):
         from blackjax.mcmc.mala import MALAState
 
-        return whitened(
-            lambda ld: blackjax.mala(ld, tuned["step_size"]), logdensity_fn, tuned["inverse_mass_matrix"], MALAState
-        )
+        return whitened(lambda ld: blackjax.mala(ld, tuned["step_size"]), logdensity_fn, tuned, MALAState)
 
     def stats(self, state, info, tuned):
         return {"lp": state.logdensity, "n_steps": jnp.ones((), jnp.int32), "acceptance_rate": info.acceptance_rate}

@@ -137,7 +137,7 @@ D = 25
 cov = np.diag(np.geomspace(0.1, 10.0, D))
 def model():
     numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(D), covariance_matrix=cov))
-cfg = pp.NUTS(num_chains=8, num_warmup=200, num_samples=200, mass_matrix="{mass_matrix}")
+cfg = pp.{sampler}(num_chains=8, num_warmup=200, num_samples=200, mass_matrix="{mass_matrix}")
 out = pp.infer(model, method=cfg, rng_key=0, progress=False, mesh=pp.make_mesh(chain=4))
 assert out.attrs["chain_layout"] == "per_device", out.attrs["chain_layout"]
 var = out.posterior["x"].values.reshape(-1, D).var(axis=0)
@@ -145,15 +145,18 @@ print("RATIO", float(np.min(var / np.diag(cov))), float(np.max(var / np.diag(cov
 """
 
 
-@pytest.mark.parametrize("mass_matrix", ["low_rank", "dense"])
-def test_two_chains_per_device_with_a_factored_metric_finishes(mass_matrix):
+@pytest.mark.parametrize(("sampler", "mass_matrix", "band"),
+                         [("NUTS", "low_rank", (0.7, 1.35)), ("NUTS", "dense", (0.7, 1.35)), ("MALA", "dense", (0.1, 3.0))])
+def test_two_chains_per_device_with_a_factored_metric_finishes(sampler, mass_matrix, band):
     # Two chains per device with a metric that needs LAPACK (eigh for low rank, Cholesky for
     # dense): a batched LAPACK call waits on the CPU client's thread pool, which the device
     # loops hold, and the run hung forever on 2 cores. Now the factors are computed chain by
     # chain; the subprocess turns a hang into a failure.
-    proc = subprocess.run([sys.executable, "-c", _TWO_CHAINS_PER_DEVICE.format(mass_matrix=mass_matrix)],
+    code = _TWO_CHAINS_PER_DEVICE.format(sampler=sampler, mass_matrix=mass_matrix)
+    proc = subprocess.run([sys.executable, "-c", code],
                           capture_output=True, text=True, timeout=600, env={**os.environ})
     assert proc.returncode == 0, proc.stderr[-3000:]
     lo, hi = map(float, re.search(r"RATIO (\S+) (\S+)", proc.stdout).groups())
-    # 1600 draws of a Gaussian: each variance ratio is within ~0.2 of 1 (ESS >~ 400 per coordinate)
-    assert 0.7 < lo and hi < 1.35, (lo, hi)
+    # NUTS: 1600 draws, each variance ratio within ~0.2 of 1 (bulk ESS >~ 400 per coordinate);
+    # MALA mixes slowly here (0.25-1.5, the same unsharded), so its band only catches a broken metric
+    assert band[0] < lo and hi < band[1], (lo, hi)
