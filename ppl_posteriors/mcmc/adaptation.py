@@ -128,9 +128,11 @@ def window_adaptation(
         base_init, base_update, base_final = _wa.base(not dense_mass, target_accept)
     schedule = jnp.asarray(_wa.build_schedule(num_warmup), dtype=jnp.int32).reshape(num_warmup, 2)
 
-    def as_tuned(step_size, imm):
-        tuned = {"step_size": step_size, "inverse_mass_matrix": imm}
-        return {**tuned, **dense_factors(imm)} if imm.ndim == 3 else tuned
+    def factors_of(imm):  # a dense matrix's factors, formed where it changes (not per step)
+        return dense_factors(imm) if imm.ndim == 3 else {}
+
+    def as_tuned(step_size, imm, factors):
+        return {"step_size": step_size, "inverse_mass_matrix": imm, **factors}
 
     def make_init(imm0):
         def init(rng_key, positions, init_states):
@@ -142,24 +144,31 @@ def window_adaptation(
                 astate = astate._replace(
                     inverse_mass_matrix=imm, imm_state=astate.imm_state._replace(inverse_mass_matrix=imm)
                 )
-            tuned = as_tuned(astate.step_size, astate.inverse_mass_matrix)
+            factors = factors_of(astate.inverse_mass_matrix)
+            tuned = as_tuned(astate.step_size, astate.inverse_mass_matrix, factors)
             n = astate.step_size.shape[0]
-            return init_states(positions, tuned), astate, jnp.zeros((n,), jnp.int32)
+            return init_states(positions, tuned), (astate, factors), jnp.zeros((n,), jnp.int32)
 
         return init
 
-    def update(astate, i, states, stats):
+    def update(state, i, states, stats):
+        astate, factors = state
         stage = schedule[jnp.clip(i, 0, max(num_warmup - 1, 0))]
         acc = stats.get("acceptance_rate")
         if acc is None:
             acc = jnp.full(astate.step_size.shape, target_accept, astate.step_size.dtype)
-        return jax.vmap(base_update, in_axes=(0, None, 0, 0))(astate, stage, states.position, acc)
+        astate = jax.vmap(base_update, in_axes=(0, None, 0, 0))(astate, stage, states.position, acc)
+        if factors:  # the matrix changes only at the end of a slow window (stage[1], not batched)
+            factors = jax.lax.cond(stage[1] == 1, factors_of, lambda _: factors, astate.inverse_mass_matrix)
+        return astate, factors
 
-    def tuned(astate):
-        return as_tuned(astate.step_size, astate.inverse_mass_matrix)
+    def tuned(state):
+        astate, factors = state
+        return as_tuned(astate.step_size, astate.inverse_mass_matrix, factors)
 
-    def final(astate):
-        return as_tuned(*jax.vmap(base_final)(astate))
+    def final(state):
+        astate, factors = state
+        return as_tuned(*jax.vmap(base_final)(astate), factors)  # base_final keeps the matrix
 
     def with_metric(imm0):
         return Adaptation(num_warmup, make_init(imm0), update, tuned, final, with_metric)
