@@ -38,6 +38,7 @@ SAMPLERS = {
     "mala": pp.MALA(num_chains=2, num_warmup=300, num_samples=1000),
     "mala_dense": pp.MALA(num_chains=2, num_warmup=300, num_samples=1000, dense_mass=True),
     "barker": pp.Barker(num_chains=2, num_warmup=300, num_samples=1500),
+    "barker_dense": pp.Barker(num_chains=2, num_warmup=300, num_samples=1500, dense_mass=True),
     "rmh": pp.RMH(num_chains=2, num_warmup=500, num_samples=2000, dense_mass=True),
     "mclmc": pp.MCLMC(num_chains=2, num_warmup=300, num_samples=600),
     "adjusted_mclmc": pp.AdjustedMCLMC(num_chains=2, num_warmup=300, num_samples=600),

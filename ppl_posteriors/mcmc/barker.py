@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from ..registry import register_method
 from .base import WindowAdapted
+from .metric import kernel_metric
 
 __all__ = ["Barker"]
 
@@ -43,7 +44,8 @@ class Barker(WindowAdapted):
     display_name = "Barker"
 
     def build(self, logdensity_fn, tuned):
-        return blackjax.barker(logdensity_fn, tuned["step_size"], tuned["inverse_mass_matrix"])
+        # kernel_metric: a dense matrix's factors come from the adaptation (no LAPACK call per step)
+        return blackjax.barker(logdensity_fn, tuned["step_size"], kernel_metric(tuned))
 
     def stats(self, state, info, tuned):
         return {"lp": state.logdensity, "n_steps": jnp.ones((), jnp.int32), "acceptance_rate": info.acceptance_rate}

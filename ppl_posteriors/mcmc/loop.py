@@ -187,30 +187,32 @@ def run_chains(
         gaps = jnp.zeros((len(points), n), stats_shape["lp"].dtype)
         win, lat, chk = jnp.asarray(in_window), jnp.asarray(late), jnp.asarray(check)
 
+        def warmup_step(i, states, stats, astate, tuned, n_grad, n_div, mon, donors, gaps):
+            astate = adaptation.update(astate, i, states, stats)
+            tuned = jax.lax.cond(i == num_warmup - 1, adaptation.final, adaptation.tuned, astate)
+            n_grad = n_grad + stats["n_steps"].astype(jnp.int32)
+            if "diverging" in stats:
+                n_div = n_div + stats["diverging"].astype(jnp.int32)
+            if points:
+                mon = _restart.monitor_update(mon, win[i], lat[i], states.position, stats["lp"])
+                states, astate, tuned, mon, donors, gaps = jax.lax.cond(
+                    chk[i] > 0,
+                    lambda *c: on_checkpoint(chk[i] - 1, *c),
+                    lambda *c: c,
+                    states, astate, tuned, mon, donors, gaps,
+                )
+            return states, astate, tuned, n_grad, n_div, mon, donors, gaps
+
         def body(carry, xs):
             states, astate, tuned, n_grad, n_div, buffers, mon, donors, gaps = carry
             i, key = xs
             states, stats = draw(states, tuned, key)
-            warm = i < num_warmup
-            if num_warmup > 0:
-                astate = jax.lax.cond(warm, lambda a: adaptation.update(a, i, states, stats), lambda a: a, astate)
-                tuned = jax.lax.cond(
-                    i == num_warmup - 1,
-                    adaptation.final,
-                    lambda a: jax.lax.cond(warm, adaptation.tuned, lambda _: tuned, a),
-                    astate,
-                )
-                n_grad = n_grad + jnp.where(warm, stats["n_steps"], 0).astype(jnp.int32)
-                if "diverging" in stats:
-                    n_div = n_div + jnp.where(warm, stats["diverging"], 0).astype(jnp.int32)
-            if points:
-                j = jnp.clip(i, 0, num_warmup - 1)
-                mon = _restart.monitor_update(mon, win[j] & warm, lat[j], states.position, stats["lp"])
-                states, astate, tuned, mon, donors, gaps = jax.lax.cond(
-                    warm & (chk[j] > 0),
-                    lambda *c: on_checkpoint(chk[j] - 1, *c),
-                    lambda *c: c,
-                    states, astate, tuned, mon, donors, gaps,
+            if num_warmup > 0:  # one cond: the sampling phase skips adaptation and monitor alike
+                states, astate, tuned, n_grad, n_div, mon, donors, gaps = jax.lax.cond(
+                    i < num_warmup,
+                    lambda *c: warmup_step(jnp.minimum(i, num_warmup - 1), states, stats, *c),
+                    lambda *c: (states, *c),
+                    astate, tuned, n_grad, n_div, mon, donors, gaps,
                 )
             slot = jnp.maximum(i - num_warmup, 0)  # warmup writes to slot 0, overwritten later
             buffers = jax.tree.map(
