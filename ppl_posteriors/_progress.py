@@ -3,8 +3,9 @@
 A :class:`Progress` owns a tqdm bar on the host; ``tick(i)`` inside a ``lax.scan``
 body calls back to it through ``jax.debug.callback`` every ``total // 50`` steps
 (a ``lax.cond`` on an unbatched counter, so a few microseconds per step and one
-call per step for all vmapped chains together). A disabled bar compiles no
-callback at all. ``PPL_POSTERIORS_PROGRESS=0`` disables every bar.
+call per step for all vmapped chains together). ``advance(limit)`` serves loops that
+give no index (BlackJAX's tuners): one callback per step, counted on the host. A
+disabled bar compiles no callback at all. ``PPL_POSTERIORS_PROGRESS=0`` disables every bar.
 
 A compiled program keeps its :class:`Progress` object (the runtime caches them
 together); every ``with bar:`` opens a new bar, so cached programs show one bar
@@ -55,8 +56,10 @@ class Progress:
         self.every = max(1, self.total // 50)
         self._bar = None
         self._plain = None  # (t0, next quarter) while a plain-lines run is open
+        self._count = 0  # steps counted on the host by advance()
 
     def __enter__(self):
+        self._count = 0
         if not self.enabled or jax.process_index() != 0:
             return self
         if _style() == "plain":
@@ -104,6 +107,18 @@ class Progress:
             return
         bar.set_description(self._label(done - 1), refresh=False)
         bar.update(done - bar.n)
+
+    def advance(self, limit: int) -> None:
+        """Call inside jitted code once per step of a loop that gives no step index (a
+        library's tuner running its own ``lax.scan``): one host callback per step, counted
+        on the host from 0 and shown up to step ``limit`` (the length of its phase)."""
+        if self.enabled:
+            jax.debug.callback(lambda: self._advance(int(limit)))
+
+    def _advance(self, limit: int) -> None:
+        self._count += 1
+        if self._count <= limit and (self._count % self.every == 0 or self._count == limit):
+            self.update(self._count - 1)
 
     def tick(self, i) -> None:
         """Call inside jitted code with the global 0-based step index ``i`` (unbatched)."""

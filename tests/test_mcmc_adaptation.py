@@ -142,7 +142,7 @@ def test_nutpie_diagonal_is_the_fisher_optimum_on_a_gaussian():
             self.position, self.logdensity_grad = x, jax.vmap(jax.grad(logdensity))(x)
 
     ad = nutpie_adaptation(n + 200, 0.8, logdensity)
-    states, a, _ = ad.init(None, xs[0], lambda p, t: S(p))
+    states, a, _ = ad.init(None, xs[0], lambda p, t: S(p), lambda: None)
     np.testing.assert_allclose(a.imm[0], 1 / np.abs(states.logdensity_grad[0]), rtol=1e-5)  # start: 1/|grad|
     update = jax.jit(lambda a, i, x: ad.update(a, i, S(x), {"acceptance_rate": jnp.full((1,), 0.8)}))
     for i in range(n):

@@ -7,6 +7,7 @@ sampling applies too. Means and sds of every coordinate must be within 5 Monte C
 standard errors (``az.mcse``, which accounts for autocorrelation) of the exact values.
 """
 
+import re
 import warnings
 
 import arviz as az
@@ -166,3 +167,20 @@ def test_elliptical_slice_second_call_neither_traces_nor_compiles():
     assert len(calls) == n and first.attrs["cache_hit"] == 0
     assert again.attrs["cache_hit"] == 1 and again.attrs["compile_time"] == 0.0
     assert not np.allclose(first.posterior["b"].values, again.posterior["b"].values)
+
+
+@pytest.mark.parametrize("cfg", [pp.MCLMC(num_chains=2, num_warmup=200, num_samples=200),
+                                 pp.ChEESHMC(num_chains=4, num_warmup=200, num_samples=200)],
+                         ids=["mclmc", "chees_hmc"])
+def test_tuning_before_the_loop_advances_the_progress_bar(cfg, monkeypatch, capfd):
+    # BlackJAX's tuners run their own scans; a callback per tuning step moves the bar
+    # through the tuning phase before the sampling (plain lines at 25 % steps)
+    monkeypatch.setenv("PPL_POSTERIORS_PROGRESS", "plain")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pp.NumericalWarning)
+        pp.infer(gaussian, y=Y, method=cfg, rng_key=0)
+    err = capfd.readouterr().err
+    name, tuning = re.escape(cfg.display_name), cfg.phases()[0][0]
+    assert re.search(rf"{name}: 1\d\d/400 \(2\d%, {tuning}\)", err), err  # a line per 8 steps: 104/400
+    assert f"{cfg.display_name}: 200/400 (50%, {tuning})" in err, err
+    assert f"{cfg.display_name}: 400/400 (100%, sampling)" in err, err

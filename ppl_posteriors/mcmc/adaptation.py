@@ -9,8 +9,8 @@ works on all chains at once (leading axis ``chain``), so it may adapt per chain
   ``tuned`` gives the parameters of the next one, ``final`` those of sampling.
   :func:`window_adaptation` (Stan) is this form.
 * **before the loop**: ``num_steps == 0``; ``init`` runs a tuner of its own (BlackJAX's
-  MCLMC or ChEES tuning, one ``lax.scan`` with no hook for a progress bar) and
-  returns the tuned states and parameters. :func:`tuned_before_loop` wraps such a tuner.
+  MCLMC or ChEES tuning, one ``lax.scan``; the tuner calls ``tick()`` once per step,
+  which advances the progress bar) and returns the tuned states and parameters. :func:`tuned_before_loop` wraps such a tuner.
 
 Tuned parameters are a dict of arrays with a leading chain axis, which the sampler
 adapter's ``build(logdensity_fn, tuned)`` reads (``step_size``,
@@ -38,8 +38,9 @@ class Adaptation(NamedTuple):
     num_steps : int
         Warmup iterations inside the chain loop (0: none).
     init : callable
-        ``(rng_key, positions, init_states) -> (states, astate, grad_evals)``, where
-        ``init_states(positions, tuned)`` makes the sampler's states for all chains and
+        ``(rng_key, positions, init_states, tick) -> (states, astate, grad_evals)``, where
+        ``init_states(positions, tuned)`` makes the sampler's states for all chains,
+        ``tick()`` (jitted code) advances the progress bar by one tuning step and
         ``grad_evals`` (chain,) counts gradient (or density) evaluations spent here.
     update : callable
         ``(astate, i, states, stats) -> astate`` after warmup iteration ``i``; ``stats``
@@ -70,7 +71,7 @@ def fixed_parameters(tuned_fn: Callable, num_burn_in: int = 0) -> Adaptation:
     """Nothing to tune: ``tuned_fn(num_chains)`` gives parameters used throughout;
     the loop still runs ``num_burn_in`` discarded iterations."""
 
-    def init(rng_key, positions, init_states):
+    def init(rng_key, positions, init_states, tick):
         n = jax.tree.leaves(positions)[0].shape[0]
         tuned = tuned_fn(n)
         return init_states(positions, tuned), tuned, jnp.zeros((n,), jnp.int32)
@@ -82,14 +83,14 @@ def tuned_before_loop(initial_tuned: Callable, tuner: Callable) -> Adaptation:
     """A tuner that runs before the chain loop.
 
     ``initial_tuned(num_chains)`` gives the parameters the states are made with;
-    ``tuner(rng_key, states, tuned) -> (states, tuned, grad_evals)`` tunes all chains
-    (vmapped inside, or across chains).
+    ``tuner(rng_key, states, tuned, tick) -> (states, tuned, grad_evals)`` tunes all chains
+    (vmapped inside, or across chains) and calls ``tick()`` once per tuning step.
     """
 
-    def init(rng_key, positions, init_states):
+    def init(rng_key, positions, init_states, tick):
         n = jax.tree.leaves(positions)[0].shape[0]
         tuned = initial_tuned(n)
-        states, tuned, grad_evals = tuner(rng_key, init_states(positions, tuned), tuned)
+        states, tuned, grad_evals = tuner(rng_key, init_states(positions, tuned), tuned, tick)
         return states, tuned, jnp.broadcast_to(jnp.asarray(grad_evals, jnp.int32), (n,))
 
     return Adaptation(0, init, _identity, _identity, _identity)
@@ -135,7 +136,7 @@ def window_adaptation(
         return {"step_size": step_size, "inverse_mass_matrix": imm, **factors}
 
     def make_init(imm0):
-        def init(rng_key, positions, init_states):
+        def init(rng_key, positions, init_states, tick):
             astate = jax.vmap(lambda p: base_init(p, initial_step_size))(positions)
             if imm0 is not None:
                 imm = jnp.asarray(imm0, astate.inverse_mass_matrix.dtype)

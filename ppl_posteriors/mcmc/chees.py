@@ -8,8 +8,8 @@ ascent (Adam) on the Change in the Estimator of the Expected Square,
 ChEES = ¼ E[(‖z' - E z‖² - ‖z - E z‖²)²], estimated across chains, and (here, by
 default) a diagonal inverse mass matrix from the pooled chains. Each transition then
 takes ceil(h_t · T / ε) leapfrog steps with h_t from a Halton sequence in (0, 1]
-(jitter). ``blackjax.chees_adaptation`` runs the warmup (before the chain loop; the
-progress bar shows the sampling only) and ``blackjax.dynamic_hmc`` samples.
+(jitter). ``blackjax.chees_adaptation`` runs the warmup (before the chain loop; it
+advances the progress bar once per step) and ``blackjax.dynamic_hmc`` samples.
 """
 
 from __future__ import annotations
@@ -99,14 +99,18 @@ class ChEESHMC(Sampler):
                 "num_leapfrog_steps": jnp.ones((n,)),
             }
 
-        def tuner(key, states, tuned):
+        def tuner(key, states, tuned, tick):
+            def info(state, info, astate):  # BlackJAX calls it once per ChEES step
+                tick()
+                return _Steps(info.num_integration_steps)
+
             warmup = blackjax.chees_adaptation(
                 logdensity_fn,
                 n,
                 target_acceptance_rate=self.target_accept,
                 max_leapfrog_steps=self.max_leapfrog_steps,
                 mass_matrix_estimation="diagonal" if self.adapt_mass_matrix else None,
-                adaptation_info_fn=lambda state, info, astate: _Steps(info.num_integration_steps),
+                adaptation_info_fn=info,
             )
             (last, params), steps = warmup.run(
                 key, states.position, self.initial_step_size, optax.adam(self.learning_rate), self.num_warmup,

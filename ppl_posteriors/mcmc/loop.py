@@ -121,7 +121,8 @@ def run_chains(
     adaptation : Adaptation
         See :mod:`.adaptation`.
     progress : Progress, optional
-        Ticked once per iteration with ``i + progress_offset``.
+        Ticked once per iteration with ``i + progress_offset``; a tuner before the loop
+        advances it through the first ``progress_offset`` steps.
     restart_stuck : bool
         Detect and restart stuck chains during in-loop warmup (:mod:`.restart`).
     mesh : jax.sharding.Mesh, optional
@@ -137,7 +138,11 @@ def run_chains(
         keys = jax.random.split(k_init, num_chains)
         return jax.vmap(lambda p, k, t: sampler.build(logdensity_fn, t).init(p, k))(positions, keys, tuned)
 
-    states, astate, n_grad0 = adaptation.init(k_adapt, init_positions, init_states)
+    def tick():  # one step of a tuner before the loop (progress_offset steps in all)
+        if progress is not None:
+            progress.advance(progress_offset)
+
+    states, astate, n_grad0 = adaptation.init(k_adapt, init_positions, init_states, tick)
     tuned = adaptation.tuned(astate)
     points = _restart.checkpoints(num_warmup) if (restart_stuck and num_chains > 1) else ()
     in_window, late, check = _restart.windows(num_warmup, points)

@@ -177,7 +177,7 @@ def nutpie_adaptation(
         return {"step_size": a.step_size, "inverse_mass_matrix": a.imm}
 
     def make_init(imm0):
-        def init(rng_key, positions, init_states):
+        def init(rng_key, positions, init_states, tick):
             n = jax.tree.leaves(positions)[0].shape[0]
             x = jax.vmap(lambda p: ravel_pytree(p)[0])(positions)
             states = init_states(positions, {"step_size": jnp.ones((n,), x.dtype), "inverse_mass_matrix": jnp.ones_like(x)})
@@ -380,7 +380,7 @@ def low_rank_adaptation(
         return tuned if dense is None else {**tuned, "imm_dense": dense}
 
     def make_init(imm0):
-        def init(rng_key, positions, init_states):
+        def init(rng_key, positions, init_states, tick):
             n = jax.tree.leaves(positions)[0].shape[0]
             x = jax.vmap(lambda p: ravel_pytree(p)[0])(positions)
             d = x.shape[1]

@@ -19,7 +19,8 @@ mean trajectory length, so ``target_num_integration_steps`` sets L/ε.
 
 Both tuners run before the chain loop, per chain (vmapped), on
 ``num_warmup`` iterations: BlackJAX splits them in three phases whose fractions
-are ``frac_tune``; the progress bar shows the sampling only.
+are ``frac_tune``. The progress bar counts the tuner's kernel calls (a callback per
+tuning step) through its tuning phase, then the sampling.
 """
 
 from __future__ import annotations
@@ -128,9 +129,9 @@ class MCLMC(_MCLMCBase):
         )
         f1, f2, f3 = _fractions(self.frac_tune)
 
-        def tune_one(key, state):
+        def tune_one(key, state, tick):
             state, params, n = blackjax.mclmc_find_L_and_step_size(
-                mclmc_kernel=kernel,
+                mclmc_kernel=_ticking(kernel, tick),
                 num_steps=self.num_warmup,
                 state=state,
                 rng_key=key,
@@ -150,11 +151,26 @@ class MCLMC(_MCLMCBase):
 
 
 def _per_chain(tune_one):
-    """A ``tuned_before_loop`` tuner running ``tune_one(key, state)`` on every chain, vmapped."""
+    """A ``tuned_before_loop`` tuner running ``tune_one(key, state, tick)`` on every chain, vmapped."""
 
-    def tuner(key, states, tuned):
+    def tuner(key, states, tuned, tick):
         keys = jax.random.split(key, jax.tree.leaves(states.position)[0].shape[0])
-        return jax.vmap(tune_one)(keys, states)
+        return jax.vmap(lambda k, s: tune_one(k, s, tick))(keys, states)
+
+    return tuner
+
+
+def _ticking(kernel, tick):
+    """``kernel`` that advances the progress bar once per call (BlackJAX's tuners call their
+    kernel once per tuning step, inside their own scans; under ``vmap`` over chains the
+    callback runs once per step, not once per chain)."""
+
+    def step(**kwargs):
+        out = kernel(**kwargs)
+        tick()
+        return out
+
+    return step
 
     return tuner
 
@@ -230,9 +246,9 @@ class AdjustedMCLMC(_MCLMCBase):
         kernel = self._kernel()
         f1, f2, f3 = _fractions(self.frac_tune)
 
-        def tune_one(key, state):
+        def tune_one(key, state, tick):
             state, params, n = blackjax.adjusted_mclmc_find_L_and_step_size(
-                mclmc_kernel=kernel,
+                mclmc_kernel=_ticking(kernel, tick),
                 logdensity_fn=logdensity_fn,
                 num_steps=self.num_warmup,
                 state=state,
