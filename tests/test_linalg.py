@@ -207,7 +207,10 @@ def _normal(seed, *shape):
 
 
 def test_cg_matches_dense_solve_with_damping_and_preconditioner():
-    a = _spd(0, 20, cond=1e3)
+    # badly scaled rows and columns (scales 0.1 ... 10), which Jacobi preconditioning undoes;
+    # on an unscaled rotation its diagonal is nearly constant and it saves nothing
+    scale = jnp.asarray(np.random.default_rng(5).permutation(np.geomspace(0.1, 10.0, 20)))
+    a = scale[:, None] * _spd(0, 20, cond=1e3) * scale[None, :]
     b = {"u": _normal(1, 5), "v": _normal(2, 3, 5)}
     lam = 0.5
 
@@ -231,7 +234,7 @@ def test_cg_matches_dense_solve_with_damping_and_preconditioner():
         assert bool(res.converged)
         _close(ravel_pytree(res.solution)[0], exact, 1e-9)
         assert float(res.residual_norm) <= 1e-12 * float(bnorm)
-    assert int(pre.num_steps) < int(plain.num_steps)
+    assert int(pre.num_steps) < 0.8 * int(plain.num_steps), (int(pre.num_steps), int(plain.num_steps))
     assert bool(one.converged) and int(one.num_steps) == 1
 
 
