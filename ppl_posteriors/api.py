@@ -42,7 +42,10 @@ def infer(model, *args, method, rng_key=None, progress: bool = True, mesh=None, 
         ``PPL_POSTERIORS_PROGRESS=0``; plain lines where stderr is no terminal).
     mesh : jax.sharding.Mesh, optional
         Devices to run on (``pp.make_mesh(chain=k, data=m)``): chains / restarts split
-        along ``"chain"``, observed data along their plate along ``"data"``.
+        along ``"chain"``, observed data along their plate along ``"data"``. None: one
+        device, except that MCMC chains go on the process's CPU host devices when it has
+        several (``PPL_POSTERIORS_HOST_DEVICES=N``; the sampler's ``chain_layout="lockstep"``
+        keeps them on one). ``attrs["num_devices"]`` records the count used.
     batches : pp.Batches, optional
         Data that come as an iterable of minibatches (dicts of the model's keyword
         data arguments) with the data set's size N; each step's likelihood is scaled by
@@ -87,10 +90,12 @@ def infer(model, *args, method, rng_key=None, progress: bool = True, mesh=None, 
         template, arrays = stream.template, stream.arrays
     else:
         template, arrays = model_template(model, args, kwargs, jacobian)
+    if mesh is None:
+        mesh = config.default_mesh(arrays)  # MCMC: the CPU host devices, if the process has several
     rt = Runtime(template, arrays, config, progress=progress, mesh=mesh, batches=stream)
     raw = config.run(key, rt)
     draws = constrained_draws(rt, raw.position)
-    raw.info.update(rt.timing())
+    raw.info.update(rt.timing(), num_devices=1 if mesh is None else int(mesh.devices.size))
     idata = to_inference_data(
         raw, rt.log_density, model=model, method=config.method_name, config=config.to_dict(), draws=draws,
     )

@@ -62,6 +62,12 @@ class MethodConfig(metaclass=_ConfigMeta):
         """Independent chains or restarts that a mesh's ``"chain"`` axis can split (None: none)."""
         return None
 
+    def default_mesh(self, arrays):
+        """The device mesh ``pp.infer`` uses when the caller passes ``mesh=None``
+        (``arrays``: the model's array arguments). None: one device. MCMC samplers put
+        their chains on CPU host devices when the process has them."""
+        return None
+
     @abc.abstractmethod
     def run(self, rng_key, rt):
         """Run the method through the runtime ``rt``; returns a RawPosterior."""

@@ -26,6 +26,7 @@ import numpy as np
 from .._errors import ModelError, Status
 from ..registry import MethodConfig
 from ..results.raw import RawPosterior
+from ..runtime.mesh import default_chain_mesh
 from .adaptation import Adaptation
 from .init import check_init, program_config, starting_points, warm_start
 from .loop import CHAIN_LAYOUTS, chain_layout, run_chains
@@ -76,7 +77,11 @@ class Sampler(MethodConfig):
         their own loop (``jax.shard_map``: no chain waits for another device's longest
         trajectory); ``"lockstep"`` vmaps all chains in one loop that XLA splits over the
         devices. ``"auto"`` is ``"per_device"`` where the mesh has no ``"data"`` axis.
-        Ignored without a mesh. The layout used is ``attrs["chain_layout"]``. See
+        Without ``mesh=``, ``"auto"`` puts the chains on the process's CPU host devices
+        when it has several (``PPL_POSTERIORS_HOST_DEVICES``; at most one per usable core,
+        a divisor of ``num_chains``: :func:`~ppl_posteriors.runtime.mesh.default_chain_mesh`),
+        each device its own loop; ``"lockstep"`` keeps them vmapped on one device. The
+        layout used is ``attrs["chain_layout"]``, the devices ``attrs["num_devices"]``. See
         :mod:`ppl_posteriors.mcmc.loop`.
     init : {"uniform", "pathfinder"}, default "uniform"
         ``"pathfinder"``: start the chains at multi-path Pathfinder draws and the mass
@@ -131,6 +136,11 @@ class Sampler(MethodConfig):
     @property
     def num_parallel(self) -> int:
         return self.num_chains
+
+    def default_mesh(self, arrays):
+        """Without ``mesh=``: the CPU host devices, when the process has them and
+        ``chain_layout="auto"`` (:func:`~ppl_posteriors.runtime.mesh.default_chain_mesh`)."""
+        return default_chain_mesh(self.num_chains, arrays) if self.chain_layout == "auto" else None
 
     # -- the adapter: subclasses implement these ------------------------------------
     def build(self, logdensity_fn, tuned):

@@ -21,6 +21,8 @@ Multi-host: call ``jax.distributed.initialize(...)`` in every process first; the
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
@@ -28,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from .._errors import ConfigError
 
-__all__ = ["make_mesh", "check_mesh", "place_arrays", "place", "shard_chains", "gather"]
+__all__ = ["make_mesh", "default_chain_mesh", "check_mesh", "place_arrays", "place", "shard_chains", "gather"]
 
 AXES = ("chain", "data")
 
@@ -63,6 +65,48 @@ def make_mesh(chain: int = 1, data: int = 1, devices=None) -> Mesh:
             f"XLA_FLAGS=--xla_force_host_platform_device_count={need} before importing jax"
         )
     return Mesh(np.array(devices[:need]).reshape(chain, data), AXES)
+
+
+#: data replicated on every extra device above this many bytes keep the chains on one device
+REPLICATE_LIMIT_BYTES = 1 << 30
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_chain_mesh(num_chains: int, arrays=()) -> Mesh | None:
+    """The mesh MCMC chains use when the caller passes none: the CPU host devices, if any.
+
+    With ``H > 1`` CPU devices in one process (``PPL_POSTERIORS_HOST_DEVICES``,
+    ``XLA_FLAGS=--xla_force_host_platform_device_count``, ``ppl-posteriors --host-devices``),
+    the chains go on a ``"chain"`` mesh of ``h`` devices, ``h`` the largest divisor of
+    ``num_chains`` with ``h <= min(H, usable cores)`` (a device is a thread: more devices
+    than cores only contend). Otherwise -- one device, accelerators, several processes,
+    ``h == 1``, or data whose copies on the ``h - 1`` extra devices would exceed
+    :data:`REPLICATE_LIMIT_BYTES` -- ``None``: the chains stay vmapped on one device.
+
+    Parameters
+    ----------
+    num_chains : int
+    arrays : sequence of arrays
+        The model's array arguments (replicated on every device of a chain mesh).
+    """
+    if jax.process_count() > 1:
+        return None
+    devices = jax.local_devices()
+    if devices[0].platform != "cpu":
+        return None
+    cap = min(len(devices), usable_cores())
+    h = max(d for d in range(1, min(cap, num_chains) + 1) if num_chains % d == 0)
+    nbytes = sum(int(getattr(a, "nbytes", 0)) for a in jax.tree.leaves(arrays))
+    if h < 2 or nbytes * (h - 1) > REPLICATE_LIMIT_BYTES:
+        return None
+    return make_mesh(chain=h, devices=devices[:h])
 
 
 def _size(mesh, axis) -> int:

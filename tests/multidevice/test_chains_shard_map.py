@@ -6,6 +6,7 @@ Run with 4 devices (``nox -s multidevice`` sets
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` before JAX starts).
 """
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -26,6 +27,12 @@ if jax.device_count() < 4:  # a collection error, not a skip: this module needs 
     raise RuntimeError("tests/multidevice needs 4 devices: run `nox -s multidevice`")
 
 
+def _one_device(cfg):
+    """``cfg`` with its chains vmapped on one device (without a mesh, ``"auto"`` would put
+    them on the host devices)."""
+    return dataclasses.replace(cfg, chain_layout="lockstep")
+
+
 def _close(a, b):
     # sharding changes XLA's fusion, so draws agree to round-off carried through the chains
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -35,7 +42,7 @@ def test_per_device_equals_unsharded_and_compiles_once(monkeypatch, capfd):
     X, y = _data()
     mesh = pp.make_mesh(chain=4)
     kw = dict(num_chains=8, num_warmup=100, num_samples=50)  # 2 chains per device, vmapped there
-    ref = pp.infer(logreg, X, y=y, method=pp.NUTS(**kw), rng_key=3, progress=False)
+    ref = pp.infer(logreg, X, y=y, method=_one_device(pp.NUTS(**kw)), rng_key=3, progress=False)
     lock = pp.infer(logreg, X, y=y, method=pp.NUTS(**kw, chain_layout="lockstep"), rng_key=3, progress=False,
                     mesh=mesh)
     monkeypatch.setenv("PPL_POSTERIORS_PROGRESS", "plain")  # a progress bar from inside shard_map
@@ -90,7 +97,7 @@ def minor_mode(b):
 
 def test_restart_across_devices():
     cfg = pp.NUTS(num_chains=8, num_warmup=200, num_samples=100)
-    ref = pp.infer(minor_mode, 9.36, method=cfg, rng_key=0, progress=False)
+    ref = pp.infer(minor_mode, 9.36, method=_one_device(cfg), rng_key=0, progress=False)
     out = pp.infer(minor_mode, 9.36, method=cfg, rng_key=0, progress=False, mesh=pp.make_mesh(chain=4))
     assert ref.attrs["num_restarted_chains"] >= 1
     assert out.attrs["restarted_chains"] == ref.attrs["restarted_chains"]
@@ -102,7 +109,7 @@ def test_restart_across_devices():
 def test_chees_tunes_on_the_global_view():
     X, y = _data()
     cfg = pp.ChEESHMC(num_chains=8, num_warmup=50, num_samples=30)
-    ref = pp.infer(logreg, X, y=y, method=cfg, rng_key=1, progress=False)
+    ref = pp.infer(logreg, X, y=y, method=_one_device(cfg), rng_key=1, progress=False)
     out = pp.infer(logreg, X, y=y, method=cfg, rng_key=1, progress=False, mesh=pp.make_mesh(chain=4))
     assert out.attrs["trajectory_length"] == pytest.approx(ref.attrs["trajectory_length"], rel=1e-6)
     _close(out.posterior["w"].values, ref.posterior["w"].values)
@@ -161,3 +168,52 @@ def test_two_chains_per_device_with_a_factored_metric_finishes(sampler, mass_mat
     # NUTS: 1600 draws, each variance ratio within ~0.2 of 1 (bulk ESS >~ 400 per coordinate);
     # MALA and Barker mix slowly here (0.25-1.5, the same unsharded), so its band only catches a broken metric
     assert band[0] < lo and hi < band[1], (lo, hi)
+
+
+def test_without_a_mesh_mcmc_chains_go_on_the_host_devices(monkeypatch):
+    from ppl_posteriors.runtime import mesh as mesh_module
+
+    def devices_for(num_chains, cores, arrays=()):
+        monkeypatch.setattr(mesh_module, "usable_cores", lambda: cores)
+        m = mesh_module.default_chain_mesh(num_chains, arrays)
+        return 1 if m is None else int(m.devices.size)
+
+    # the largest divisor of the chains within min(devices, cores)
+    assert [devices_for(4, 4), devices_for(4, 3), devices_for(3, 4), devices_for(8, 16), devices_for(1, 4)] == [4, 2, 3, 4, 1]
+    monkeypatch.setattr(mesh_module, "REPLICATE_LIMIT_BYTES", 1000)  # data too big to copy per device
+    # 3 extra copies of 80 bytes fit, of 8000 bytes do not
+    assert devices_for(4, 4, (np.zeros(10),)) == 4 and devices_for(4, 4, (np.zeros(1000),)) == 1
+    monkeypatch.undo()
+
+    monkeypatch.setattr(mesh_module, "usable_cores", lambda: 2)
+    X, y = _data()
+    kw = dict(num_chains=4, num_warmup=100, num_samples=50)
+    ref = pp.infer(logreg, X, y=y, method=_one_device(pp.NUTS(**kw)), rng_key=3, progress=False)
+    out = pp.infer(logreg, X, y=y, method=pp.NUTS(**kw), rng_key=3, progress=False)
+    assert (ref.attrs["num_devices"], ref.attrs["chain_layout"]) == (1, "lockstep")
+    assert (out.attrs["num_devices"], out.attrs["chain_layout"]) == (2, "per_device")
+    _close(out.posterior["w"].values, ref.posterior["w"].values)
+    vi = pp.infer(logreg, X, y=y, method=pp.MeanFieldVI(num_steps=10, num_samples=10), progress=False)
+    assert vi.attrs["num_devices"] == 1  # only MCMC chains move by themselves
+
+
+D_GAUSS = 4
+
+
+def gaussian(y):  # a Gaussian prior (elliptical slice needs one) and a Gaussian likelihood
+    x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([D_GAUSS]).to_event(1))
+    numpyro.sample("y", dist.Normal(x.sum(), 1.0), obs=y)
+
+
+@pytest.mark.parametrize("method", ["nuts", "hmc", "mala", "barker", "rmh", "slice", "mclmc", "adjusted_mclmc",
+                                    "chees_hmc", "elliptical_slice", "hmc+dense"])
+def test_every_sampler_runs_per_device_with_the_draws_of_one_device(method):
+    # without a mesh, "auto" puts the chains of every sampler on the host devices, so every
+    # sampler must run there (two chains per device: the case that once hung on LAPACK)
+    name, _, dense = method.partition("+")
+    cls = type(pp.infer.__globals__["resolve_method"](name))
+    cfg = cls(num_chains=4, num_warmup=10, num_samples=10, **({"mass_matrix": "dense"} if dense else {}))
+    ref = pp.infer(gaussian, 1.0, method=_one_device(cfg), rng_key=1, progress=False)
+    out = pp.infer(gaussian, 1.0, method=cfg, rng_key=1, progress=False, mesh=pp.make_mesh(chain=2))
+    assert out.attrs["chain_layout"] == "per_device"
+    np.testing.assert_allclose(out.posterior["x"].values, ref.posterior["x"].values, rtol=1e-8, atol=1e-8)

@@ -59,7 +59,10 @@ def test_make_mesh_and_impossible_requests():
 def test_nuts_sharded_equals_unsharded(layout):
     X, y = _data()
     cfg = pp.NUTS(num_chains=4, num_warmup=100, num_samples=100)
-    ref = pp.infer(logreg, X, y=y, method=cfg, rng_key=3, progress=False)
+    # without a mesh the chains would go on the host devices; "lockstep" keeps them on one
+    ref = pp.infer(logreg, X, y=y, method=pp.NUTS(num_chains=4, num_warmup=100, num_samples=100,
+                                                  chain_layout="lockstep"), rng_key=3, progress=False)
+    assert ref.attrs["num_devices"] == 1
     out = pp.infer(logreg, X, y=y, method=cfg, rng_key=3, progress=False, mesh=pp.make_mesh(**layout))
     # sharding changes the order of sums (and XLA's fusion), so draws agree to round-off
     # carried through 200 NUTS transitions, not bit for bit
