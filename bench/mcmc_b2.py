@@ -10,17 +10,16 @@ Rows:
 
 * ``ours``: ``pp.NUTS`` with its defaults (target_accept 0.8, max_tree_depth 10);
 * ``ours[...]``: variants from ``--variants`` (``;``-separated; each a ``+``-joined list of
-  ``field=value`` options of ``pp.NUTS`` and/or ``mesh``, which passes
-  ``mesh=pp.make_mesh(chain=H)`` to ``pp.infer`` so the chains sit on H simulated host
-  devices (``num_chains / H`` each): with ``chain_layout="auto"`` each device runs its
-  chains in its own loop; ``mesh+chain_layout=lockstep`` would keep one vmapped loop split
-  by XLA). Default: ``mass_matrix`` diag and low_rank, each alone and with ``mesh``, and
+  ``field=value`` options of ``pp.NUTS`` and/or ``mesh``: ``pp.infer`` with no ``mesh=``
+  in a process that has H simulated host devices, where the defaults put the chains on
+  them (``num_chains / H`` each, each device its own loop; ``attrs["num_devices"]`` is
+  checked). Default: ``mass_matrix`` diag and low_rank, each alone and with ``mesh``, and
   ``mesh`` alone. A variant whose option ``pp.NUTS`` does not have (checked with
   ``dataclasses.fields``) or refuses is skipped with a note, so the script runs before and
   after such options exist. With a ``mesh`` variant the whole process runs with
   ``--xla_force_host_platform_device_count=H``, H = the machine's cores (at most the
-  chains, a divisor of them; every other row uses device 0 only): more devices than
-  cores only contend (bench/mcmc_chain_layout.py). ``--host-devices H`` sets H; 1
+  chains, a divisor of them: what the defaults pick); every other row runs with
+  ``chain_layout="lockstep"`` there, vmapped on one device. ``--host-devices H`` sets H; 1
   turns the mesh rows off;
 * ``numpyro``: numpyro NUTS, ``chain_method="vectorized"``;
 * ``blackjax``: BlackJAX ``window_adaptation`` + ``nuts``, vmapped over chains;
@@ -156,13 +155,18 @@ def run_ours(target: C.Target, cfg: dict, variant: Variant, seed: int) -> dict:
         max_tree_depth=10,
         **variant.options,
     )
-    mesh = pp.make_mesh(chain=jax.device_count()) if variant.mesh else None
+    if not variant.mesh and jax.device_count() > 1:  # the process has host devices: keep this row on one
+        method = dataclasses.replace(method, chain_layout="lockstep")
     with C.capture_warnings() as caught, C.CompileTimer() as ct:
         t0 = time.perf_counter()
-        idata = pp.infer(target.model, *target.args, method=method, rng_key=seed, progress=False, mesh=mesh,
+        # mesh=None: with host devices in the process, the defaults put the chains on them
+        idata = pp.infer(target.model, *target.args, method=method, rng_key=seed, progress=False,
                          **target.kwargs)
         wall = time.perf_counter() - t0
     a = idata.attrs
+    want = jax.device_count() if variant.mesh else 1
+    if int(a.get("num_devices", 1)) != want:
+        raise RuntimeError(f"{variant.name}: ran on {a.get('num_devices')} devices, expected {want}")
     draws = {n: np.asarray(idata.posterior[n].values) for n in target.latent}
     return {
         "compile_s": float(a.get("compile_time", np.nan)),

@@ -46,9 +46,10 @@ def host_device_count() -> int:
 def set_host_device_count(n: int) -> None:
     """Give JAX ``n`` CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=n``).
 
-    Chains on separate host devices of a mesh (``pp.make_mesh(chain=n)``) then run
-    their own loops (``chain_layout="per_device"``, the default on such a mesh): no
-    chain waits for another's longest NUTS tree. Each device runs on its own thread;
+    MCMC chains then go on these devices without a ``mesh=`` (at most one device per
+    usable core: :func:`ppl_posteriors.runtime.mesh.default_chain_mesh`), each device
+    its own loop (``chain_layout="per_device"``): no chain waits for another's longest
+    NUTS tree. Each device runs on its own thread;
     XLA's intra-op threads share the cores, so more devices than free cores gains
     nothing. Other flags in ``XLA_FLAGS`` are kept; a previous count is replaced.
 

@@ -172,8 +172,6 @@ def _ticking(kernel, tick):
 
     return step
 
-    return tuner
-
 
 @dataclasses.dataclass(frozen=True)
 class AdjustedMCLMC(_MCLMCBase):
