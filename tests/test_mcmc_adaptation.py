@@ -162,6 +162,68 @@ def test_pathfinder_init_without_warmup():
     assert np.all(np.abs(np.linalg.solve(np.linalg.cholesky(COV), (x[:, 0] - MU).T)) < 6)
 
 
+def test_pathfinder_path_equals_blackjax_approximate_and_sample():
+    """mcmc/init.py runs BlackJAX's Pathfinder with its iterations in lax.map (one matrix
+    per LAPACK call): with the same keys it must give BlackJAX's vmapped result."""
+    from blackjax.vi.pathfinder import approximate, sample
+
+    from ppl_posteriors.mcmc import init
+
+    prec = jnp.asarray(np.linalg.inv(COV))
+
+    def logdensity(x):
+        return -0.5 * (x - MU) @ prec @ (x - MU)
+
+    k1, k2 = jax.random.split(jax.random.key(3))
+    x0 = jnp.asarray(MU + 3 * SD)
+    ref, _ = approximate(k1, logdensity, x0, init.PATHFINDER_DRAWS, maxiter=init.PATHFINDER_MAXITER,
+                         maxcor=init.PATHFINDER_MAXCOR)
+    ref_draws, ref_logq = sample(k2, ref, init.PATHFINDER_DRAWS)
+    phi, logp, logq, alpha, beta, gamma = jax.jit(init._pathfinder_path, static_argnums=0)(logdensity, k1, k2, x0)
+    for ours, theirs in [(alpha, ref.alpha), (beta, ref.beta), (gamma, ref.gamma), (phi, ref_draws),
+                         (logq, ref_logq), (logp, jax.vmap(logdensity)(ref_draws))]:
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-8)
+
+
+_PATHFINDER_8_CHAINS = """
+import json, jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np, numpyro, numpyro.distributions as dist
+import ppl_posteriors as pp
+from ppl_posteriors.results import compat
+
+def model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0).expand([10]).to_event(1))
+    numpyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=y)
+
+out = pp.infer(model, np.arange(10.0), method=pp.NUTS(num_chains=8, num_warmup=100, num_samples=100,
+               init="pathfinder"), progress=False)
+x = np.asarray(compat.get_group(out, "posterior")["mu"].values)
+print("RESULT", json.dumps({"mean": x.mean((0, 1)).tolist(), "ess": compat.ess(x, "bulk").tolist()}))
+"""
+
+
+def test_pathfinder_init_with_eight_chains_does_not_deadlock():
+    """Regression: with BlackJAX's vmapped multi-path Pathfinder, 8 chains on a 10-D
+    model gave batched LU and QR calls big enough for jaxlib 0.10 to split over the XLA:CPU
+    thread pool; on 2 cores the two ran at once and each waited on the pool forever
+    (every run). A fresh process, so that a hang cannot take the test session with it."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PPL_POSTERIORS_PROGRESS="0")
+    try:
+        out = subprocess.run([sys.executable, "-W", "ignore", "-c", _PATHFINDER_8_CHAINS], env=env,
+                             capture_output=True, text=True, timeout=240, check=True).stdout
+    except subprocess.TimeoutExpired:
+        pytest.fail("NUTS(init='pathfinder', num_chains=8) did not finish in 240 s (LAPACK pool deadlock?)")
+    res = json.loads(out.split("RESULT")[1])
+    # conjugate: mu_i | y ~ N(y_i 25/26, 25/26)
+    mcse = np.sqrt(25 / 26) / np.sqrt(res["ess"])
+    np.testing.assert_array_less(np.abs(np.array(res["mean"]) - np.arange(10.0) * 25 / 26), 5 * mcse)
+
+
 def test_init_from_a_laplace_result_without_warmup_and_without_recompiling():
     lap = pp.infer(gaussian, MU, method=pp.Laplace(), progress=False)
     # no warmup at all: the chains start at Laplace draws with its covariance as the
@@ -201,7 +263,6 @@ def test_blackjax_contracts():
     from blackjax.adaptation.metric_recipes import REGISTRY, seed_low_rank_sigma_from_grad
     from blackjax.adaptation.step_size import dual_averaging_adaptation
     from blackjax.mcmc.metrics import LowRankInverseMassMatrix
-    from blackjax.vi.multipathfinder import multi_approximate
 
     init, update, final = dual_averaging_adaptation(0.8)
     s = update(init(1.0), 0.5)
@@ -217,9 +278,7 @@ def test_blackjax_contracts():
     assert {"draws_buffer", "grads_buffer", "buffer_idx"} <= set(c._fields) and int(c.buffer_idx) == 20
     c = jax.jit(core.final)(c)
     assert isinstance(c.inverse_mass_matrix, LowRankInverseMassMatrix) and c.buffer_idx == 0
-    assert _params(multi_approximate)[:4] == ["rng_key", "logdensity_fn", "initial_positions", "num_samples"]
-    # its state (samples, logp, logq, path_states.alpha / beta / gamma) is exercised by
-    # test_pathfinder_init_without_warmup
+
 
 
 def test_low_rank_metric_is_recomputed_only_at_window_ends(monkeypatch):

@@ -6,13 +6,20 @@ Three ways, chosen by the sampler options ``init`` and ``init_from``
 * ``init="uniform"`` (default): Stan's uniform(-r, r) draws on the unconstrained
   space (:func:`~ppl_posteriors.density.init.draw_initial_positions`).
 * ``init="pathfinder"``: multi-path Pathfinder (Zhang, Carpenter, Gelman & Vehtari
-  2022, JMLR 23(306), Algorithms 1-2; ``blackjax.vi.multipathfinder``): L-BFGS from
+  2022, JMLR 23(306), Algorithms 1-2, as ``blackjax.vi.multipathfinder``): L-BFGS from
   ``max(4, num_chains)`` uniform starts, each path's best normal approximation
   N(μ, H⁻¹) along its optimisation path (H⁻¹ = diag(α) + β γ βᵀ, the L-BFGS inverse
   Hessian), 25 draws from each, and the chains' starts drawn from that pool without
   replacement with importance weights p/q (Gumbel top-k). Each chain's first inverse
   mass matrix is its path's H⁻¹ (its diagonal, or dense with ``mass_matrix="dense"``).
   A chain whose draw is not finite falls back to its uniform start.
+  The paths and the iterations along each path run one after another (``lax.map``)
+  rather than vmapped as in BlackJAX's ``multi_approximate``: there every factorisation
+  (the inverse of the L-BFGS R factor, the QR and Cholesky of the draws) is one LAPACK
+  call batched over paths x iterations, and jaxlib 0.10 hands such a batch to the
+  XLA:CPU thread pool and blocks a pool thread until it is done; two of them at once on
+  a 2-thread pool deadlock (eight schools with 8 chains hung every time, 4 chains about
+  3 runs in 4; see docs/runtime.md). One matrix per call never waits on the pool.
 * ``init_from=result``: a Laplace or VI result (its ``approximation`` group):
   the chains start at draws from the stored approximation and the first inverse mass
   matrix is its covariance (exact where the approximation has ``covariance()``, else
@@ -31,7 +38,7 @@ import copy
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.vi.multipathfinder import multi_approximate
+from blackjax.optimizers.lbfgs import bfgs_sample, lbfgs_inverse_hessian_factors, minimize_lbfgs
 
 from .._errors import ConfigError
 from ..density.init import draw_initial_positions
@@ -41,6 +48,7 @@ __all__ = ["INITS", "check_init", "pathfinder_starts", "program_config", "starti
 INITS = ("uniform", "pathfinder")
 PATHFINDER_MAXITER = 100  # L-BFGS iterations per path
 PATHFINDER_DRAWS = 25  # draws per path (ELBO estimate and the pool of starts)
+PATHFINDER_MAXCOR = 10  # L-BFGS history size (BlackJAX's default)
 
 
 def check_init(cfg) -> None:
@@ -126,6 +134,51 @@ def _finite(flat_logdensity_fn, x):
     return jnp.isfinite(lp) & jnp.all(jnp.isfinite(g), axis=-1)
 
 
+def _pathfinder_path(flat_logdensity_fn, key_approx, key_draw, x0):
+    """One Pathfinder path, as ``blackjax.vi.pathfinder.approximate`` and ``sample``.
+
+    L-BFGS from ``x0`` (D,), then at each iteration l the normal approximation
+    N(x_l + H_l⁻¹ g_l, H_l⁻¹) with H_l⁻¹ = diag(α_l) + β_l γ_l β_lᵀ (Zhang et al. 2022,
+    Algorithms 1, 3 and 4), its ELBO from PATHFINDER_DRAWS draws, and finally
+    PATHFINDER_DRAWS draws from the iteration with the largest ELBO. The iterations run
+    in ``lax.map`` so every LAPACK call factors one matrix (module docstring).
+
+    Returns draws (K, D), their log p and log q (K,), and the best α (D,), β (D, 2m),
+    γ (2m, 2m).
+    """
+    m, n_it = PATHFINDER_MAXCOR, PATHFINDER_MAXITER + 1
+    (_, status), hist = minimize_lbfgs(
+        lambda x: -flat_logdensity_fn(x), x0, maxiter=PATHFINDER_MAXITER, maxcor=m
+    )
+    keep = hist.update_mask[1:]
+    s = jnp.pad(jnp.where(keep, jnp.diff(hist.x, axis=0), 0.0), ((m, 0), (0, 0)))
+    z = jnp.pad(jnp.where(keep, jnp.diff(hist.g, axis=0), 0.0), ((m, 0), (0, 0)))
+
+    def factors(i):  # the last m updates before iteration i (zeros before the first)
+        S = jax.lax.dynamic_slice_in_dim(s, i, m)
+        Z = jax.lax.dynamic_slice_in_dim(z, i, m)
+        return lbfgs_inverse_hessian_factors(S.T, Z.T, hist.alpha[i])
+
+    def draws(key, i, beta, gamma):
+        phi, logq = bfgs_sample(
+            key, PATHFINDER_DRAWS, hist.x[i], hist.g[i], hist.alpha[i], beta, gamma
+        )
+        return phi, jax.vmap(flat_logdensity_fn)(phi), logq
+
+    def elbo(a):
+        i, key = a
+        beta, gamma = factors(i)
+        _, logp, logq = draws(key, i, beta, gamma)
+        return jnp.mean(logp - logq)
+
+    elbos = jax.lax.map(elbo, (jnp.arange(n_it), jax.random.split(key_approx, n_it)))
+    live = (jnp.arange(n_it) < status.iter_num) & jnp.isfinite(elbos)
+    best = jnp.argmax(jnp.where(live, elbos, -jnp.inf))
+    beta, gamma = factors(best)
+    phi, logp, logq = draws(key_draw, best, beta, gamma)
+    return phi, logp, logq, hist.alpha[best], beta, gamma
+
+
 def pathfinder_starts(flat_logdensity_fn, rng_key, num_chains: int, x_uniform, dense: bool):
     """Multi-path Pathfinder starts (see the module docstring), traceable.
 
@@ -144,20 +197,22 @@ def pathfinder_starts(flat_logdensity_fn, rng_key, num_chains: int, x_uniform, d
         where it is not finite and positive.
     """
     k_path, k_pick = jax.random.split(rng_key)
-    state, _ = multi_approximate(
-        k_path, flat_logdensity_fn, x_uniform, PATHFINDER_DRAWS, maxiter=PATHFINDER_MAXITER
+    k_approx, k_draw = jax.random.split(k_path)  # the keys of multi_approximate
+    paths = x_uniform.shape[0]
+    samples, logp, logq, alpha, beta, gamma = jax.lax.map(
+        lambda a: _pathfinder_path(flat_logdensity_fn, *a),
+        (jax.random.split(k_approx, paths), jax.random.split(k_draw, paths), x_uniform),
     )
-    paths, draws_per_path, dim = state.samples.shape
-    logw = (state.logp - state.logq).reshape(-1)
+    draws_per_path, dim = samples.shape[1:]
+    logw = (logp - logq).reshape(-1)
     logw = jnp.where(jnp.isfinite(logw), logw, -jnp.inf)
-    pool = state.samples.reshape(-1, dim)
+    pool = samples.reshape(-1, dim)
     _, idx = jax.lax.top_k(logw + jax.random.gumbel(k_pick, logw.shape, logw.dtype), num_chains)
     x = pool[idx]
     good = jnp.isfinite(logw[idx]) & jnp.all(jnp.isfinite(x), axis=-1)
     x = jnp.where(good[:, None], x, x_uniform[:num_chains])
 
-    ps = state.path_states
-    alpha, beta, gamma = ps.alpha, ps.beta, ps.gamma  # (P, D), (P, D, 2m), (P, 2m, 2m)
+    # alpha (P, D), beta (P, D, 2m), gamma (P, 2m, 2m): each path's best H⁻¹ factors
     if dense:
         imm = jax.vmap(lambda a, b, g: jnp.diag(a) + b @ g @ b.T)(alpha, beta, gamma)
         diag = jnp.diagonal(imm, axis1=-2, axis2=-1)
