@@ -5,6 +5,7 @@ import inspect
 import blackjax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from blackjax.adaptation import window_adaptation as wa
 
 
@@ -65,10 +66,31 @@ def test_sampler_kernel_signatures():
     assert "integration_steps_params" in dh
     assert {"next_random_arg_fn", "integration_steps_fn"} <= set(_params(dynamic_hmc.build_kernel))
     assert _params(dynamic_hmc.halton_sequence) == ["i", "max_bits"]
-    assert _params(blackjax.elliptical_slice.build_kernel) == ["cov_matrix", "mean"]
-    assert {"mean", "cov"} <= set(_params(blackjax.mcmc.elliptical_slice.as_top_level_api))
+    es = blackjax.mcmc.elliptical_slice
+    assert _params(es.elliptical_proposal) == ["logdensity_fn", "momentum_generator", "mean"]
+    assert _params(es.init) == ["position", "logdensity_fn"]
+    assert _params(blackjax.util.generate_gaussian_noise)[:4] == ["rng_key", "position", "mu", "sigma"]
     assert {"proposal_generator", "width", "max_expansions"} <= set(_params(blackjax.mcmc.slice.as_top_level_api))
     assert _params(blackjax.mcmc.slice.direction_proposal) == ["scale"]
+
+
+def test_elliptical_slice_kernel_equals_blackjax():
+    """pp.EllipticalSlice builds BlackJAX's kernel from a precomputed Cholesky factor:
+    the same key must give blackjax.elliptical_slice's transition."""
+    from ppl_posteriors.mcmc.elliptical_slice import EllipticalSlice
+
+    cov = jnp.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 0.5]])
+    mean = jnp.array([1.0, -1.0, 0.5])
+    loglik = lambda x: -0.5 * jnp.sum((x - 2.0) ** 2)  # noqa: E731
+    tuned = {"mean": mean, "chol": jnp.linalg.cholesky(cov)}
+    ours = EllipticalSlice().build(loglik, tuned)
+    ref = blackjax.elliptical_slice(loglik, mean=mean, cov=cov)
+    s1, s2 = ours.init(jnp.zeros(3)), ref.init(jnp.zeros(3))
+    for i in range(5):
+        key = jax.random.key(i)
+        (s1, i1), (s2, i2) = ours.step(key, s1), ref.step(key, s2)
+        np.testing.assert_allclose(s1.position, s2.position, rtol=1e-6)
+        assert int(i1.subiter) == int(i2.subiter)
 
 
 def test_tuner_signatures():

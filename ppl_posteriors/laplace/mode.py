@@ -157,7 +157,8 @@ def find_map(
     atol: float = 1e-8,
     newton_steps: int = 5,
 ) -> MAPResult:
-    """Maximise ``flat_logdensity_fn`` from ``x0`` (D,); pure, jittable and vmappable.
+    """Maximise ``flat_logdensity_fn`` from ``x0`` (D,); pure and jittable (several starts:
+    :func:`find_map_multistart`, which keeps the LAPACK calls unbatched).
 
     Parameters
     ----------
@@ -173,18 +174,24 @@ def find_map(
         Number of safeguarded Newton polishing steps after BFGS (each is taken only
         if the Hessian is positive definite and the log density does not decrease).
     """
-    f = flat_logdensity_fn
-    res = _search(f, x0, max_steps=max_steps, rtol=rtol, atol=atol, newton_steps=newton_steps)
-    return res._replace(decrement=stationarity(res.grad, res.precision, res.cholesky))
+    found = _bfgs(flat_logdensity_fn, x0, max_steps=max_steps, rtol=rtol, atol=atol)
+    return _polished(flat_logdensity_fn, found, newton_steps)
 
 
-def _search(f, x0, *, max_steps, rtol, atol, newton_steps) -> MAPResult:
-    """BFGS then Newton polishing (the body of :func:`find_map`); ``decrement`` is left NaN."""
+def _bfgs(f, x0, *, max_steps, rtol, atol):
+    """The BFGS part of :func:`find_map`: (end point, steps, converged, hit max_steps); vmappable."""
     sol = optx.minimise(
         lambda x, _: -f(x), optx.BFGS(rtol=rtol, atol=atol), x0, max_steps=max_steps, throw=False
     )
-    x = sol.value
+    return (sol.value, sol.stats["num_steps"], sol.result == optx.RESULTS.successful,
+            sol.result == optx.RESULTS.nonlinear_max_steps_reached)
 
+
+def _polished(f, found, newton_steps) -> MAPResult:
+    """Newton polishing from a :func:`_bfgs` end point, and the decrement. Its Cholesky
+    factors and ``eigh`` are LAPACK calls: call it unbatched (``lax.map`` over starts),
+    never under ``vmap`` (see :func:`stationarity`; docs/runtime.md, "Known problem")."""
+    x, num_steps, bfgs_ok, max_steps_reached = found
     x, (lp, g, h, chol, _step) = _polish(lambda z: _newton_state(f, z), x, newton_steps)
     return MAPResult(
         position=x,
@@ -192,10 +199,10 @@ def _search(f, x0, *, max_steps, rtol, atol, newton_steps) -> MAPResult:
         grad=g,
         precision=h,
         cholesky=chol,
-        decrement=jnp.full((), jnp.nan, x.dtype),
-        num_steps=sol.stats["num_steps"],
-        bfgs_ok=sol.result == optx.RESULTS.successful,
-        max_steps_reached=sol.result == optx.RESULTS.nonlinear_max_steps_reached,
+        decrement=stationarity(g, h, chol),
+        num_steps=num_steps,
+        bfgs_ok=bfgs_ok,
+        max_steps_reached=max_steps_reached,
     )
 
 
@@ -487,10 +494,12 @@ def find_map_multistart(
     f = flat_logdensity_fn
     if solver == "dense":
         opts = {**find_map.__kwdefaults__, **kwargs}
-        res = jax.vmap(lambda x: _search(f, x, **opts))(x0)
-        # the decrement start by start (lax.map, not vmap): unbatched, stationarity's Cholesky/eigh
-        # choice stays a branch, so positive definite end points never run a (batched) eigh
-        res = res._replace(decrement=jax.lax.map(lambda a: stationarity(*a), (res.grad, res.precision, res.cholesky)))
+        newton_steps = opts.pop("newton_steps")
+        found = jax.vmap(lambda x: _bfgs(f, x, **opts))(x0)
+        # Newton polishing and the decrement start by start (lax.map, not vmap): every
+        # Cholesky factors one matrix, and stationarity's Cholesky/eigh choice stays a
+        # branch, so positive definite end points never run eigh (see _polished)
+        res = jax.lax.map(lambda b: _polished(f, b, newton_steps), found)
         pd = jnp.all(jnp.isfinite(res.cholesky), (-2, -1))
         distance = _dense_distance
     elif solver == "matrix_free":

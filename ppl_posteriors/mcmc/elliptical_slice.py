@@ -13,16 +13,25 @@ parameters are constants or linear-Gaussian functions of other latent sites. The
 Σ⁻¹ = -∇² log prior and m = Σ ∇ log prior(0). Each site's prior term is checked for
 being quadratic at random points; the sites that are not are named in a
 ``ModelError``. The likelihood is ``LogDensity.split.log_likelihood``.
+
+The Cholesky factor C of Σ (ν = m + C ε), the precision Σ⁻¹ and log |2πΣ| are computed
+once, before sampling; the kernel is BlackJAX's ``elliptical_proposal`` with that
+factor, where ``blackjax.elliptical_slice(cov=Σ)`` would factor Σ at every transition
+of every chain: O(D³) per step, and a batched LAPACK call that jaxlib 0.10 can deadlock
+on (docs/runtime.md, "Known problem").
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from blackjax.base import SamplingAlgorithm
+from blackjax.mcmc.elliptical_slice import elliptical_proposal
+from blackjax.mcmc.elliptical_slice import init as es_init
+from blackjax.util import generate_gaussian_noise
 
 from .._errors import ModelError
 from ..model.sites import SiteKind
@@ -37,8 +46,12 @@ _TOL = 1e-6
 
 
 def gaussian_prior(ld, ctx, key):
-    """(mean (D,), cov (D, D), {site: relative deviation of its prior term from a
-    quadratic}, whether the precision is positive definite), on the flat unconstrained vector."""
+    """The prior N(m, Σ) of the flat unconstrained vector, and how Gaussian it is.
+
+    Returns ``({"mean": m (D,), "chol": C (D, D) lower with C Cᵀ = Σ, "prec": Σ⁻¹ (D, D),
+    "log_norm": -½ log |2πΣ|}, {site: relative deviation of its prior term from a
+    quadratic}, whether the precision is positive definite)``.
+    """
     prior_sites = [s.name for s in ld.sites if s.kind in (SiteKind.LATENT, SiteKind.FACTOR)]
 
     def terms(x):
@@ -62,7 +75,10 @@ def gaussian_prior(ld, ctx, key):
     quad = t0 + xs @ g.T + 0.5 * jnp.einsum("kd,sde,ke->ks", xs, h, xs)
     dev = jnp.max(jnp.abs(exact - quad) / (1.0 + jnp.abs(exact)), axis=0)
     dev = jnp.where(jnp.isfinite(dev), dev, jnp.inf)
-    return mean, cov, dict(zip(prior_sites, dev, strict=True)), ok
+    chol_cov = jnp.linalg.cholesky(cov)
+    log_norm = jnp.sum(jnp.log(jnp.diag(chol))) - 0.5 * d * jnp.log(2 * jnp.pi)  # log|Σ⁻¹|^½
+    prior = {"mean": mean, "chol": chol_cov, "prec": prec, "log_norm": log_norm}
+    return prior, dict(zip(prior_sites, dev, strict=True)), ok
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +105,7 @@ class EllipticalSlice(Sampler):
     uses_gradients = False
 
     def setup(self, rt):
-        mean, cov, dev, ok = rt.call("gaussian_prior", gaussian_prior, jax.random.key(0))
+        prior, dev, ok = rt.call("gaussian_prior", gaussian_prior, jax.random.key(0))
         bad = [name for name, v in dev.items() if not float(v) < _TOL]
         if bad:
             raise ModelError(
@@ -104,24 +120,27 @@ class EllipticalSlice(Sampler):
                 "elliptical slice sampling needs a proper Gaussian prior, but the prior precision of "
                 "the latent sites is not positive definite (an improper or flat prior?); use pp.NUTS"
             )
-        return (mean, cov)
+        return prior
 
     def target(self, ld, extras):
         return ld.split.log_likelihood
 
     def adaptation(self, logdensity_fn, ld, extras):
-        mean, cov = extras
         return fixed_parameters(
-            lambda n: {"mean": jnp.broadcast_to(mean, (n,) + mean.shape), "cov": jnp.broadcast_to(cov, (n,) + cov.shape)},
-            self.num_warmup,
+            lambda n: jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), extras), self.num_warmup
         )
 
     def build(self, logdensity_fn, tuned):
-        return blackjax.elliptical_slice(logdensity_fn, mean=tuned["mean"], cov=tuned["cov"])
+        # blackjax.elliptical_slice with the factor of Σ given rather than computed per step
+        mean, chol = tuned["mean"], tuned["chol"]
+        step = elliptical_proposal(
+            logdensity_fn, lambda key, x: generate_gaussian_noise(key, x, mean, chol), mean
+        )
+        return SamplingAlgorithm(lambda x, rng_key=None: es_init(x, logdensity_fn), step)
 
     def stats(self, state, info, tuned):
-        x = jax.flatten_util.ravel_pytree(state.position)[0]
-        log_prior = jax.scipy.stats.multivariate_normal.logpdf(x, tuned["mean"], tuned["cov"])
+        r = jax.flatten_util.ravel_pytree(state.position)[0] - tuned["mean"]
+        log_prior = tuned["log_norm"] - 0.5 * r @ tuned["prec"] @ r
         return {"lp": state.logdensity + log_prior, "n_steps": jnp.asarray(info.subiter, jnp.int32)}
 
     def extra_info(self, stats, tuned):
